@@ -1,0 +1,73 @@
+"""Writes that never leave a half-written file: write to a temporary sibling, fsync, then rename.
+
+Works for local paths and for fsspec URLs (object stores replace whole objects atomically on PUT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import fsspec
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts for local paths and URLs alike."""
+    if is_url(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return str(Path(base).joinpath(*parts))
+
+
+def exists(path: str | os.PathLike) -> bool:
+    if is_url(path):
+        fs, p = fsspec.core.url_to_fs(str(path))
+        return fs.exists(p)
+    return Path(path).exists()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary local path next to `path`; on success it is renamed over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    if is_url(path):
+        with fsspec.open(str(path), "wb") as f:
+            f.write(data)
+        return
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with fsspec.open(str(path), "rt") as f:
+        return json.load(f)

@@ -1,0 +1,66 @@
+"""The cache contract: names and shapes every stage relies on. Change only with SCHEMA_VERSION.
+
+A cache is one directory (local path or fsspec URL):
+
+    meta.json            schema version, window spec, VFM, PCA, codec (names, fingerprints or "random"),
+                         config fingerprint, sample count, shard size; later `pool` (Stage 1 fingerprint)
+    pca.safetensors      mean, std, components, explained_variance (see pipeline/pca.py)
+    manifest.parquet     one row per sample (MANIFEST_COLUMNS), written before pass 2, final status after it
+    failures.parquet     what could not be read and why (FAILURE_COLUMNS)
+    cache.lock           present while a writer runs; a second writer is refused
+    zarr.json + arrays   Zarr v3 group, one row per sample, float16, sharded so one worker writes one shard:
+      features           [N, Tf, C, h, w]  PCA coefficients of the VFM features of the feature frames
+                                          (window indices 0, r, 2r, ...: the last frame of each latent group)
+      latents            [N, Tl, Cz, H, W] codec latents of the whole window (Tl == Tf)
+      labels/segmentation [N, H, W] uint8  train ids at window resolution (255 = ignore / no label)
+      labels/depth       [N, H, W] uint8   8-bit pseudo-depth (0 = invalid / no label)
+      pool/features      [N, Tf - Mf_ctx, C, h, w] Stage 1 autoregressive predictions of the future feature frames
+    _done/shard_NNNNNN.json   written atomically after every array of a shard is written: the shard is complete
+                              only if this exists (it lists the status of each of its samples)
+    pool/_done/shard_NNNNNN.json  the same for the pool
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+META = "meta.json"
+PCA_FILE = "pca.safetensors"
+MANIFEST = "manifest.parquet"
+FAILURES = "failures.parquet"
+LOCK = "cache.lock"
+DONE_DIR = "_done"
+POOL_DONE_DIR = "pool/_done"
+
+FEATURES = "features"
+LATENTS = "latents"
+SEGMENTATION = "labels/segmentation"
+DEPTH = "labels/depth"
+POOL_FEATURES = "pool/features"
+
+IGNORE_LABEL = 255  # segmentation
+INVALID_DEPTH = 0
+
+# manifest.parquet: one row per sample, `sample` is the row index in every array.
+MANIFEST_COLUMNS = {
+    "sample": "int64",
+    "sample_id": "str",  # f"{dataset}/{clip_id}/{first_frame:06d}"
+    "dataset": "str",
+    "split": "str",  # train | val | test
+    "clip_id": "str",
+    "fps": "float64",
+    "frame_indices": "list[int64]",  # native frame indices of the K window frames
+    "source": "str",  # video file, or "" for image sequences
+    "frame_paths": "list[str]",  # image files of the K frames (empty for videos)
+    "label_index": "int64",  # window index of the labelled frame, -1 if none
+    "segmentation_path": "str",  # "" if none
+    "depth_path": "str",  # "" if none
+    "shard": "int64",
+    "status": "str",  # ok | failed | pending
+}
+
+FAILURE_COLUMNS = {"sample": "int64", "sample_id": "str", "path": "str", "stage": "str", "reason": "str"}
+
+
+def shard_done_name(shard: int) -> str:
+    return f"shard_{shard:06d}.json"
