@@ -1,0 +1,112 @@
+"""The codec interface: video <-> latents with WAN's causal frame rule, and `build_codec` to pick one.
+
+Every codec compresses time by `temporal_factor` r and space by `spatial_factor` s with the causal rule of the
+WAN2.1 VAE: pixel frame 0 is encoded alone, then every group of r frames becomes one latent frame, so a video of
+T = 1 + r·k frames has 1 + k latent frames and latent frame j >= 1 covers pixel frames r(j-1)+1 .. rj.
+
+    encode: video   [B, 3, 1 + r·k, H, W] in [-1, 1]  ->  latents [B, C, 1 + k, H/s, W/s]  (float32)
+    decode: latents [B, C, 1 + k, h, w]               ->  video   [B, 3, 1 + r·k, h·s, w·s] in [-1, 1]
+
+Implementations: `pipeline.codec_wan.WanCodec` (the WAN2.1 VAE) and `pipeline.codec_pixel.PixelCodec` (lossless).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from configs.schema import CodecConfig
+
+
+class Codec(nn.Module):
+    """Frozen video codec. Subclasses set the attributes below and implement `encode` / `decode`."""
+
+    name: str
+    channels: int
+    temporal_factor: int
+    spatial_factor: int
+    weights: str  # "random" | "file:<sha16>" | "lossless"
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """video float [B, 3, T, H, W] in [-1, 1], T = 1 + r·k -> latents [B, C, 1 + k, H/s, W/s] (float32)."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, C, 1 + k, h, w] -> video [B, 3, 1 + r·k, h·s, w·s] in [-1, 1]."""
+        raise NotImplementedError
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Round trip decode(encode(video)); handy for reconstruction checks."""
+        return self.decode(self.encode(video))
+
+    def train(self, mode: bool = True) -> "Codec":
+        return super().train(False)  # frozen: always in eval mode
+
+    # ---- the causal frame rule ----
+    def latent_frames(self, frames: int) -> int:
+        """1 + (frames - 1) // r; raises ValueError unless frames == 1 + r·k."""
+        r = self.temporal_factor
+        if frames < 1 or (frames - 1) % r:
+            k = max(0, round((frames - 1) / r))
+            raise ValueError(
+                f"the {self.name} codec needs 1 + {r}·k frames (causal rule, temporal factor {r}); got {frames}. "
+                f"Use {1 + r * k} or {1 + r * (k + 1)} frames."
+            )
+        return 1 + (frames - 1) // r
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        """1 + r·(latent_frames - 1): the inverse of `latent_frames`."""
+        if latent_frames < 1:
+            raise ValueError(f"latent frame count must be >= 1, got {latent_frames}")
+        return 1 + self.temporal_factor * (latent_frames - 1)
+
+    # ---- input checks shared by every codec ----
+    def check_video(self, video: torch.Tensor) -> None:
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"{self.name} codec: video must be [B, 3, T, H, W], got shape {tuple(video.shape)}")
+        self.latent_frames(video.shape[2])
+        s = self.spatial_factor
+        h, w = video.shape[-2:]
+        if h % s or w % s:
+            raise ValueError(
+                f"{self.name} codec: frame size {h}x{w} must be divisible by the spatial factor {s}; "
+                f"resize or crop to {h // s * s}x{w // s * s}"
+            )
+
+    def check_latents(self, latents: torch.Tensor) -> None:
+        if latents.ndim != 5 or latents.shape[1] != self.channels:
+            raise ValueError(
+                f"{self.name} codec: latents must be [B, {self.channels}, T, h, w], got shape {tuple(latents.shape)}"
+            )
+
+    def meta(self) -> dict:
+        """What meta.json records about the codec."""
+        return {
+            "name": self.name,
+            "temporal_factor": self.temporal_factor,
+            "spatial_factor": self.spatial_factor,
+            "channels": self.channels,
+            "weights": self.weights,
+        }
+
+
+def build_codec(cfg: CodecConfig, allow_random_weights: bool = False, device: str | torch.device = "cpu") -> Codec:
+    """The frozen codec named by `cfg.name` ("wan" or "pixel"), on `device`, matching the config's factors."""
+    if cfg.name == "pixel":
+        from pipeline.codec_pixel import PixelCodec
+
+        codec: Codec = PixelCodec(cfg.temporal_factor, cfg.spatial_factor)
+    elif cfg.name == "wan":
+        from pipeline.codec_wan import build_wan_codec
+
+        codec = build_wan_codec(cfg, allow_random_weights=allow_random_weights)
+    else:
+        raise ValueError(f"codec.name={cfg.name!r}: choose 'wan' or 'pixel'")
+    got = (codec.temporal_factor, codec.spatial_factor, codec.channels)
+    want = (cfg.temporal_factor, cfg.spatial_factor, cfg.channels)
+    if got != want:
+        raise ValueError(
+            f"the {cfg.name} codec has (temporal factor, spatial factor, channels) = {got} but the config says {want}; "
+            f"set codec.temporal_factor / codec.spatial_factor / codec.latent_channels to match the weights"
+        )
+    return codec.to(device)
