@@ -1,0 +1,104 @@
+"""The synthetic sample dataset: Cityscapes layout, determinism, labels consistent with the rendered scene."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.schema import SourceConfig, load_config
+from pipeline.decode import read_frames, read_label
+from pipeline.sources import list_clips
+from pipeline.sources.synthetic import IGNORE, LABEL_VALUES, TRAIN_IDS, draw_scene, render_frame, write_sample_dataset
+from pipeline.windows import make_windows
+
+H, W = 32, 64
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    # 10 train snippets: one city under the short-snippet rule; 2 val: one city under the long-recording rule.
+    info = write_sample_dataset(root, train=10, val=2, height=H, width=W, seed=0, progress=False)
+    assert info == {"train": 10, "val": 2, "frames": 12 * 30, "segmentation": 12, "depth": 12}
+    assert json.loads((root / "sample_dataset.json").read_text())["train_ids"]["car"] == 13
+    return root
+
+
+def test_layout_and_reader(sample):
+    clips = list_clips("synthetic", sample, SourceConfig())
+    assert [c.split for c in clips] == ["train"] * 10 + ["val"] * 2
+    assert [c.clip_id for c in clips[-2:]] == ["synthval0_000000_000000", "synthval0_000001_000000"]
+    assert all(c.dataset == "synthetic" and c.fps == 17.0 and c.num_frames == 30 for c in clips)
+    assert clips[0].clip_id == "synthtrain0_000000_000000"
+    assert all(set(c.labels) == {19} and set(c.labels[19]) == {"segmentation", "depth"} for c in clips)
+    assert Path(clips[0].labels[19]["segmentation"]).name == "synthtrain0_000000_000019_gtFine_labelTrainIds.png"
+    assert not list(sample.rglob("*.tmp"))  # atomic writes leave nothing behind
+    cfg = load_config("tiny")
+    windows = make_windows(clips, cfg.window.frames, cfg.sources["synthetic"])
+    assert len(windows) == 12 and all(w.indices == tuple(range(3, 28)) and w.label_index == 16 for w in windows)
+    frames = read_frames(clips[-1], windows[-1].indices, 16, 24)
+    assert frames.shape == (25, 16, 24, 3)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
+    write_sample_dataset(first, train=1, val=1, height=H, width=W, seed=0, progress=False)
+    write_sample_dataset(again, train=1, val=1, height=H, width=W, seed=0, progress=False)
+    assert len(digest(first)) == 2 * 32 + 1 and digest(again) == digest(first)
+    write_sample_dataset(other, train=1, val=0, height=H, width=W, seed=1, progress=False)
+    name = "leftImg8bit_sequence/train/synthtrain0/synthtrain0_000000_000000_leftImg8bit.png"
+    assert (other / name).read_bytes() != (first / name).read_bytes()
+
+
+def test_labels_and_depth_are_consistent(sample):
+    clips = list_clips("synthetic", sample, SourceConfig())
+    for clip in clips:
+        seg = read_label(clip.labels[19]["segmentation"], H, W, "segmentation")
+        depth = read_label(clip.labels[19]["depth"], H, W, "depth")
+        assert set(np.unique(seg)) <= LABEL_VALUES
+        assert (depth[seg == TRAIN_IDS["sky"]] == 0).all()  # sky has no depth
+        assert (depth[np.isin(seg, [0, 1, 2, 8, 11, 13])] > 0).all()
+        assert (seg == TRAIN_IDS["road"]).mean() > 0.1 and (seg == TRAIN_IDS["sky"]).any()
+        ground = np.isin(seg, [TRAIN_IDS["road"], TRAIN_IDS["sidewalk"]])
+        for column in range(W):  # on the ground plane, lower rows are nearer: depth never decreases downwards
+            values = depth[ground[:, column], column]
+            assert (np.diff(values.astype(int)) >= 0).all()
+
+
+def test_rendered_scene_properties():
+    scene = draw_scene(np.random.default_rng([0, 0, 5]))
+    rgb0, label0, depth0 = render_frame(scene, 0, 96, 192)
+    rgb1, _, _ = render_frame(scene, 1, 96, 192)
+    rgb29, _, _ = render_frame(scene, 29, 96, 192)
+    step = np.abs(rgb1.astype(int) - rgb0).mean()
+    assert 0 < step < np.abs(rgb29.astype(int) - rgb0).mean()  # it moves, and more over 29 frames than over one
+    assert (label0[:8] != TRAIN_IDS["road"]).all()  # no road at the top of the image
+    assert (label0[-2:] == IGNORE).all() and (depth0[-2:] == 0).all()  # the ego hood at the bottom
+    car_mask = label0 == TRAIN_IDS["car"]
+    if car_mask.any():  # cars are nearer than the road right behind them
+        assert depth0[car_mask].max() >= np.median(depth0[label0 == TRAIN_IDS["road"]]) * 0.5
+    assert set(TRAIN_IDS[k] for k in ("road", "sidewalk", "building", "sky", "car")) <= set(np.unique(label0))
+    assert np.unique(rgb0.reshape(-1, 3), axis=0).shape[0] > 500  # textured, not flat colours
+
+
+def test_png_files_are_standard(sample):
+    frame = next((sample / "leftImg8bit_sequence").rglob("*_000000_leftImg8bit.png"))
+    label = next((sample / "gtFine").rglob("*_gtFine_labelTrainIds.png"))
+    assert Image.open(frame).mode == "RGB" and Image.open(frame).size == (W, H)
+    assert Image.open(label).mode == "L"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="at least one snippet"):
+        write_sample_dataset(Path("unused"), train=0, val=0, progress=False)
+    with pytest.raises(ValueError, match="16x32"):
+        write_sample_dataset(Path("unused"), height=8, width=8, progress=False)
