@@ -269,7 +269,7 @@ class EvalConfig:
     batch_size: int = 1
     annotated_index: int = 16  # window index of the labelled frame (snippet frame 19 when the window starts at 3)
     fid_weights: str = ""  # Inception (pt_inception-2015-12-05 state dict)
-    fvd_weights: str = ""  # i3d_torchscript.pt
+    fvd_weights: str = ""  # i3d_torchscript.pt (StyleGAN-V) or i3d_pretrained_400.pt (TATS / cd-fvd)
     allow_random_metric_weights: bool = False
 
 
