@@ -1,0 +1,155 @@
+"""Checkpoint folders: atomic writes, the `latest` pointer, inference loading, and refusal of mismatched resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from configs.schema import load_config
+from tests.cache_fixtures import make_cache, tiny_stage1_overrides
+from train import checkpoint as ckpt
+from train.stage1 import build_stage1_model, train_stage1
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: tiny models on a shared 2-core machine run many times faster without oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Tiny(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.lin = nn.Linear(width, 2)
+
+
+def _factory(config):
+    return Tiny(config["width"])
+
+
+def _save(out, step, model, ema=None):
+    return ckpt.save_checkpoint(
+        out, step, model_state=model.state_dict(), config={"model": {"width": 3}, "step": step},
+        train_state={"step": step}, ema_state=None if ema is None else ema.state_dict(),
+    )
+
+
+def test_save_writes_every_file_and_points_latest(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny(3)
+    path = _save(tmp_path, 5, model)
+    assert path.name == "step_0000005" and ckpt.is_complete(path)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000005"
+    _save(tmp_path, 10, model)
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_0000010"
+    assert ckpt.read_train_state(path) == {"step": 5}
+
+
+def test_leftover_temp_folder_is_ignored_and_replaced(tmp_path):
+    model = Tiny(3)
+    _save(tmp_path, 1, model)
+    # A crash in the middle of saving step 2: a partial temp folder, `latest` still at step 1.
+    tmp = tmp_path / "checkpoints" / ".tmp_step_0000002"
+    tmp.mkdir()
+    (tmp / ckpt.MODEL_FILE).write_bytes(b"partial")
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_0000001"
+    # Also when `latest` is gone: only complete step folders count.
+    (tmp_path / "checkpoints" / "latest").unlink()
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_0000001"
+    path = _save(tmp_path, 2, model)
+    assert ckpt.is_complete(path) and not tmp.exists()
+
+
+def test_latest_falls_back_when_it_names_an_incomplete_folder(tmp_path):
+    model = Tiny(3)
+    _save(tmp_path, 1, model)
+    broken = _save(tmp_path, 2, model)
+    (broken / ckpt.STATE_FILE).unlink()
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_0000001"
+
+
+def test_resaving_a_step_replaces_it(tmp_path):
+    model = Tiny(3)
+    _save(tmp_path, 3, model)
+    with torch.no_grad():
+        model.lin.weight.fill_(7.0)
+    path = _save(tmp_path, 3, model)
+    weights, _ = ckpt.read_weights(path)
+    assert torch.all(weights["lin.weight"] == 7.0)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_0000003"]
+
+
+def test_load_model_for_inference_prefers_ema(tmp_path):
+    model, ema = Tiny(3), Tiny(3)
+    with torch.no_grad():
+        ema.lin.weight.fill_(1.0)
+    path = _save(tmp_path, 4, model, ema)
+    loaded, config = ckpt.load_model_for_inference(tmp_path, _factory)  # the run folder works too
+    assert torch.equal(loaded.lin.weight, ema.lin.weight) and config["loaded_weights"] == "ema"
+    assert not loaded.training and config["checkpoint"] == str(path)
+    raw, config = ckpt.load_model_for_inference(path, _factory, prefer_ema=False)
+    assert torch.equal(raw.lin.weight, model.lin.weight) and config["loaded_weights"] == "model"
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    _save(tmp_path, 1, Tiny(3))
+    with pytest.raises(ckpt.CheckpointError, match="do not fit"):
+        ckpt.load_model_for_inference(tmp_path, lambda c: nn.Linear(3, 3))
+
+
+def test_missing_checkpoint_error_names_the_path(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="step_0000009"):
+        ckpt.resolve_checkpoint(tmp_path / "checkpoints" / "step_0000009")
+    assert ckpt.resolve_resume(tmp_path, True) is None
+    assert ckpt.resolve_resume(tmp_path, False) is None
+
+
+# ----------------------------------------------------------------------------- resume refusal (Stage 1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cache = make_cache(tmp_path_factory.mktemp("c") / "cache", num_samples=4)
+    cfg = load_config("tiny", tiny_stage1_overrides(**{"stage1.train.steps": 2, "stage1.train.val_every": 0}))
+    out = tmp_path_factory.mktemp("run")
+    result = train_stage1(cfg, cache, str(out))
+    return cache, cfg, out, result
+
+
+def test_stage1_checkpoint_rebuilds_the_model_alone(trained):
+    cache, cfg, out, result = trained
+    model, config = ckpt.load_model_for_inference(result.checkpoint, build_stage1_model)
+    assert config["model"]["in_channels"] == 8 and config["cache_fingerprint"] == "test-cache-fp"
+    assert config["random_weights"] is True and config["step"] == 2
+    assert config["config"]["stage1"]["model"]["width"] == cfg.stage1.model.width
+    x = torch.randn(1, cfg.stage1.model.context_frames + 1, 8, 4, 6)
+    assert model(x).shape == (1, 8, 4, 6)
+
+
+def test_resume_with_another_model_is_refused_naming_the_field(trained):
+    cache, cfg, out, _ = trained
+    other = dataclasses.replace(cfg)
+    other.stage1 = dataclasses.replace(cfg.stage1, model=dataclasses.replace(cfg.stage1.model, width=30))
+    with pytest.raises(ckpt.CheckpointError, match=r"model\.width: checkpoint has 24, this run has 30"):
+        train_stage1(other, cache, str(out), resume=True, steps=4)
+
+
+def test_resume_with_another_batch_is_refused(trained):
+    cache, cfg, out, _ = trained
+    with pytest.raises(ckpt.CheckpointError, match="effective_batch"):
+        train_stage1(cfg, cache, str(out), resume=True, steps=4, batch_size=2)
+
+
+def test_resume_on_another_cache_is_refused(trained, tmp_path):
+    cache, cfg, out, _ = trained
+    other = make_cache(tmp_path / "other", num_samples=4, fingerprint="another-cache")
+    with pytest.raises(ckpt.CheckpointError, match="cache_fingerprint"):
+        train_stage1(cfg, other, str(out), resume=True, steps=4)
+    shutil.rmtree(tmp_path / "other")

@@ -1,0 +1,450 @@
+"""The one training loop (Accelerate), shared by Stage 1, Stage 2 and the DPT heads.
+
+A trainer plugs in a `TrainTask` (model, loss, validation, model config) and two loader factories; the loop owns
+everything else: devices and processes, mixed precision, gradient accumulation and clipping, the optimizer and lr
+schedule, EMA, TensorBoard and console progress, validation, checkpoints and exact resume.
+
+Exact resume: a checkpoint stores weights, optimizer, scheduler, grad scaler, every RNG state of every rank (python,
+numpy, torch, CUDA and the per-step generator handed to the task) and the data position (global samples consumed).
+The data order is a pure function of (seed, position) (train/data.py), loaders never draw from the global RNG, and
+validation runs inside a saved/restored RNG state, so on CPU a run resumed at step N logs exactly the losses of the
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from torch import nn
+
+from configs.schema import ConfigError, OptimConfig, TrainConfig
+from pipeline.console import console, progress, summary, warn_loud
+from train import checkpoint as ckpt
+from train.data import LoaderRequest
+from train.ema import EMA
+from train.optim import build_optimizer, build_schedule, scaled_lr
+
+
+class TrainTask(Protocol):
+    """What a trainer plugs into `run_training`."""
+
+    def build_model(self) -> nn.Module: ...
+
+    def training_loss(
+        self, model: nn.Module, batch: Any, step: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss of one (micro-)batch and extra values to log. Call `model(...)` (its forward), not another
+        method, so that multi-process gradient synchronisation sees the computation."""
+        ...
+
+    def validate(self, model: nn.Module, loader: Iterable[Any]) -> dict[str, float]:
+        """Metrics over `loader` (already on the device; the model is in eval mode under no_grad). May return {}."""
+        ...
+
+    def model_config(self) -> dict[str, Any]:
+        """JSON-serialisable config that rebuilds the model; stored with every checkpoint."""
+        ...
+
+
+LoaderFactory = Callable[[LoaderRequest], Iterable[Any]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept and named in the message."""
+
+
+@dataclass
+class TrainResult:
+    step: int  # final optimizer step
+    loss: float  # loss of the last step (nan when no step ran in this call)
+    checkpoint: str  # newest checkpoint folder
+    samples_per_s: float  # training throughput of this call (all processes together)
+    losses: dict[int, float] = field(default_factory=dict)  # step -> loss, every step run in this call
+    val: dict[str, float] = field(default_factory=dict)  # last validation metrics
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process), from the launcher's environment; usable before Accelerate starts."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve_mixed_precision(value: str) -> str:
+    """`auto` = bf16 on CUDA, fp32 ("no") on CPU; `no`, `bf16`, `fp16` are taken as they are."""
+    if value == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    if value not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"train.mixed_precision={value!r}: choose auto, no, bf16 or fp16")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ RNG
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "step_generator": generator.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None:
+        generator.set_state(state["step_generator"])
+
+
+@contextmanager
+def _preserved_rng(generator: torch.Generator) -> Iterator[None]:
+    """Whatever runs inside (validation) leaves every RNG as it found it."""
+    saved = _rng_state(generator)
+    try:
+        yield
+    finally:
+        _set_rng_state(saved, generator)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _differences(saved: Any, current: Any, where: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            out += _differences(saved.get(key), current.get(key), f"{where}.{key}" if where else str(key))
+        return out
+    return [] if saved == current else [f"{where}: checkpoint has {saved!r}, this run has {current!r}"]
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _gather_objects(obj: Any, world_size: int) -> list[Any]:
+    if world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ loop
+
+
+def run_training(
+    task: TrainTask,
+    train_loader_factory: LoaderFactory,
+    val_loader_factory: LoaderFactory | None,
+    cfg_train: TrainConfig,
+    cfg_optim: OptimConfig,
+    out_dir: str,
+    *,
+    resume: bool | str = False,
+    cache_fingerprint: str = "",
+    extra_meta: dict[str, Any] | None = None,
+    full_config: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `task` for `cfg_train.steps` optimizer steps (in total, counting a resumed checkpoint's steps)."""
+    extra_meta = dict(extra_meta or {})
+    full_config = dict(full_config or {})
+    if cfg_train.grad_accum < 1 or cfg_train.batch_size < 1 or cfg_train.steps < 1:
+        raise ConfigError(
+            f"train.steps={cfg_train.steps}, train.batch_size={cfg_train.batch_size}, train.grad_accum={cfg_train.grad_accum} must all be >= 1"
+        )
+    # cpu=True without CUDA: Accelerate then forms a gloo process group from torchrun/`accelerate launch` variables.
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg_train.mixed_precision), cpu=not torch.cuda.is_available())
+    try:
+        return _Run(task, train_loader_factory, val_loader_factory, cfg_train, cfg_optim, Path(out_dir), accelerator,
+                    cache_fingerprint, extra_meta, full_config).train(resume)
+    finally:
+        # Lets a later run in the same process choose another precision; keeps the process group.
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
+class _Run:
+    def __init__(self, task, train_factory, val_factory, cfg_train, cfg_optim, out_dir, accelerator, cache_fingerprint, extra_meta, full_config):
+        self.task, self.train_factory, self.val_factory = task, train_factory, val_factory
+        self.cfg, self.cfg_optim, self.out_dir, self.acc = cfg_train, cfg_optim, out_dir, accelerator
+        self.cache_fingerprint, self.extra_meta, self.full_config = cache_fingerprint, extra_meta, full_config
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.global_batch = cfg_train.batch_size * self.world  # samples per micro-step, all processes
+        self.effective_batch = self.global_batch * cfg_train.grad_accum  # samples per optimizer step
+        self.main = accelerator.is_main_process
+        self.last_checkpoint = ""
+        self.sampler_position: Callable[[int], dict[str, int]] | None = None
+
+    # ---------------------------------------------------------------------------------------- set-up
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = self.task.build_model()
+        if cfg.activation_checkpointing:
+            if hasattr(model, "activation_checkpointing"):
+                model.activation_checkpointing = True
+            else:
+                warn_loud(f"train.activation_checkpointing is on but {type(model).__name__} has no such switch; ignored")
+        optimizer = build_optimizer(model, self.cfg_optim, self.effective_batch)
+        self.scheduler = build_schedule(optimizer, self.cfg_optim, cfg.steps)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.raw = self.acc.unwrap_model(self.model)
+        self.ema = EMA(self.raw, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.model_config = _jsonable(self.task.model_config())
+        # From here on each rank has its own random stream (dropout, noise), reproducible from (seed, rank).
+        rank_seed = _rank_seed(cfg.seed, self.rank)
+        torch.manual_seed(rank_seed)
+        random.seed(rank_seed)
+        np.random.seed(rank_seed % 2**32)
+        self.generator = torch.Generator(self.acc.device).manual_seed(rank_seed)
+
+    def _restore(self, path: Path) -> tuple[int, dict[str, Any] | None]:
+        saved = ckpt.read_config(path)
+        problems = _differences(saved.get("model"), self.model_config, "model")
+        if self.cache_fingerprint and saved.get("cache_fingerprint") and saved["cache_fingerprint"] != self.cache_fingerprint:
+            problems.append(f"cache_fingerprint: checkpoint has {saved['cache_fingerprint']!r}, this run's cache has {self.cache_fingerprint!r}")
+        if saved.get("effective_batch") != self.effective_batch:
+            problems.append(
+                f"effective_batch: checkpoint has {saved.get('effective_batch')}, this run has {self.effective_batch} "
+                "(batch_size x processes x grad_accum must stay the same to continue the data order)"
+            )
+        if problems:
+            raise ckpt.CheckpointError(f"cannot resume from {path}: it does not match this run:\n  - " + "\n  - ".join(problems))
+        weights, _ = ckpt.read_weights(path, prefer_ema=False)
+        self.raw.load_state_dict(weights)
+        state = ckpt.read_train_state(path)
+        if self.ema is not None:
+            ema_weights, which = ckpt.read_weights(path, prefer_ema=True)
+            if which != "ema":
+                raise ckpt.CheckpointError(f"{path} has no {ckpt.EMA_FILE} but train.ema_decay={self.cfg.ema_decay}; resume with ema_decay=0")
+            self.ema.load_state_dict({k: v.to(self.acc.device) for k, v in ema_weights.items()})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") is not None and self.acc.scaler is not None:
+            self.acc.scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        if len(rngs) != self.world:
+            warn_loud(f"{path} was written by {len(rngs)} processes, this run has {self.world}: random streams restart per rank")
+        rng = rngs[self.rank] if self.rank < len(rngs) else None
+        if self.main:
+            console.print(f"resuming from {path} (step {state['step']})")
+        self.last_checkpoint = str(path)
+        return int(state["step"]), rng
+
+    def _loader(self, start_step: int) -> Iterator[Any]:
+        request = LoaderRequest(self.rank, self.world, self.cfg.batch_size, start_step * self.effective_batch, self.cfg.seed)
+        loader = self.train_factory(request)
+        sampler = getattr(loader, "sampler", None)
+        self.sampler_position = getattr(sampler, "position", None)
+        return iter(loader)
+
+    # --------------------------------------------------------------------------------------- the loop
+
+    def train(self, resume: bool | str) -> TrainResult:
+        cfg = self.cfg
+        self._build()
+        start_step, rng = 0, None
+        resume_path = ckpt.resolve_resume(self.out_dir, resume)
+        if resume is True and resume_path is None and self.main:
+            console.print(f"no checkpoint in {self.out_dir / ckpt.CHECKPOINTS} yet: starting from step 0")
+        if resume_path is not None:
+            start_step, rng = self._restore(resume_path)
+        if self.extra_meta.get("random_weights") and self.main:
+            warn_loud("this run trains on features/latents made with RANDOM weights; recorded in every checkpoint")
+        if start_step >= cfg.steps:
+            console.print(f"{resume_path} is already at step {start_step} >= train.steps={cfg.steps}: nothing to train")
+            return TrainResult(start_step, math.nan, self.last_checkpoint, 0.0)
+
+        data = self._loader(start_step)
+        if rng is not None:  # after the loader exists, so its creation cannot shift the restored streams
+            _set_rng_state(rng, self.generator)
+        writer = self._tensorboard()
+        losses: dict[int, float] = {}
+        val: dict[str, float] = {}
+        train_time, window_time, window_steps = 0.0, 0.0, 0
+        lr = self.scheduler.get_last_lr()[0]
+        bar = progress() if self.main else None
+        try:
+            with bar or nullcontext():
+                job = bar.add_task("train", total=cfg.steps, completed=start_step, status="") if bar else None
+                self.model.train()
+                for step in range(start_step, cfg.steps):
+                    tic = time.perf_counter()
+                    loss, logs = self._optimizer_step(data, step)
+                    lr = self.scheduler.get_last_lr()[0]
+                    if not self.acc.optimizer_step_was_skipped:  # fp16: the grad scaler skipped an overflowing step
+                        self.scheduler.step()
+                    if self.ema is not None:
+                        self.ema.update(self.raw)
+                    elapsed = time.perf_counter() - tic
+                    train_time += elapsed
+                    window_time += elapsed
+                    window_steps += 1
+                    done = step + 1
+                    losses[done] = loss
+                    sps = window_steps * self.effective_batch / max(window_time, 1e-9)
+                    if bar:
+                        bar.update(job, completed=done, status=f"loss {loss:.4g}  lr {lr:.2e}  {sps:.1f} samples/s")
+                    if writer and (done % max(cfg.log_every, 1) == 0 or done == cfg.steps):
+                        writer.add_scalar("train/loss", loss, done)
+                        writer.add_scalar("train/lr", lr, done)
+                        writer.add_scalar("train/samples_per_s", sps, done)
+                        for key, value in logs.items():
+                            writer.add_scalar(f"train/{key}", value, done)
+                        window_time, window_steps = 0.0, 0
+                    if self.val_factory is not None and cfg.val_every > 0 and (done % cfg.val_every == 0 or done == cfg.steps):
+                        val = self._validate()
+                        if writer:
+                            for key, value in val.items():
+                                writer.add_scalar(f"val/{key}", value, done)
+                        if self.main:
+                            console.print(f"step {done} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
+                    if (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0) or done == cfg.steps:
+                        self._save(done)
+        finally:
+            if writer:
+                writer.close()
+            del data  # stops DataLoader workers
+        steps_run = len(losses)
+        throughput = steps_run * self.effective_batch / max(train_time, 1e-9)
+        final = cfg.steps
+        if self.main:
+            summary(
+                f"{type(self.task).__name__}: step {final}/{cfg.steps}, loss {losses[final]:.4g}, lr {lr:.2e}, "
+                f"{throughput:.1f} samples/s over {steps_run} steps, checkpoint {self.last_checkpoint}"
+                + (", val " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()) if val else "")
+            )
+        return TrainResult(final, losses[final], self.last_checkpoint, throughput, losses, val)
+
+    def _optimizer_step(self, data: Iterator[Any], step: int) -> tuple[float, dict[str, float]]:
+        """One optimizer step over `grad_accum` micro-batches; returns the loss averaged over processes and micro-batches."""
+        cfg = self.cfg
+        total = 0.0
+        logs: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            batch = _to_device(next(data), self.acc.device)
+            sync = micro == cfg.grad_accum - 1
+            with (nullcontext() if sync else self.acc.no_sync(self.model)), self.acc.autocast():
+                loss, logs = self.task.training_loss(self.model, batch, step, self.generator)
+            value = loss.detach().float()
+            # One all-reduce: the summed loss and whether any process saw a non-finite one (all stop together).
+            stats = self.acc.reduce(torch.stack([torch.nan_to_num(value), (~torch.isfinite(value)).float()]), "sum")
+            if stats[1] > 0:
+                self._stop_non_finite(step + 1, f"loss {value.item()} (micro-batch {micro}, this process)" if not torch.isfinite(value) else "loss on another process")
+            total += stats[0].item() / self.world
+            self.acc.backward(loss / cfg.grad_accum)
+        if cfg.clip_grad > 0:
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            if norm is not None and not torch.isfinite(norm) and self.acc.scaler is None:
+                self._stop_non_finite(step + 1, f"gradient norm {float(norm)}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / cfg.grad_accum, logs
+
+    def _stop_non_finite(self, step: int, what: str) -> None:
+        kept = self.last_checkpoint or ckpt.latest_checkpoint(self.out_dir) or "none (no checkpoint was written yet)"
+        raise NonFiniteLossError(
+            f"non-finite {what} at step {step}: training stopped before updating the weights. The last good "
+            f"checkpoint is kept: {kept}. Lower the learning rate, keep train.clip_grad > 0, check the cache for "
+            f"NaNs, then continue with --resume."
+        )
+
+    def _validate(self) -> dict[str, float]:
+        loader = self.val_factory(LoaderRequest(self.rank, self.world, self.cfg.batch_size, 0, self.cfg.seed))
+        if loader is None:
+            return {}
+        batches: Iterable[Any] = (_to_device(b, self.acc.device) for b in loader)
+        if self.cfg.val_batches > 0:
+            batches = itertools.islice(batches, self.cfg.val_batches)
+        was_training = self.raw.training
+        self.raw.eval()
+        try:
+            with _preserved_rng(self.generator), torch.no_grad(), self.acc.autocast():
+                metrics = self.task.validate(self.raw, batches)
+        finally:
+            self.raw.train(was_training)
+        if not metrics:
+            return {}
+        keys = sorted(metrics)
+        values = self.acc.reduce(torch.tensor([float(metrics[k]) for k in keys], device=self.acc.device), "sum") / self.world
+        return {k: float(v) for k, v in zip(keys, values)}
+
+    def _save(self, step: int) -> None:
+        if not _all_finite(self.raw):
+            self._stop_non_finite(step, "weights")
+        rngs = _gather_objects(_rng_state(self.generator), self.world)
+        if self.main:
+            consumed = step * self.effective_batch
+            position = self.sampler_position(consumed) if self.sampler_position else {"samples_consumed": consumed}
+            config = {
+                **self.extra_meta,
+                "model": self.model_config,
+                "config": self.full_config,
+                "cache_fingerprint": self.cache_fingerprint,
+                "step": step,
+                "world_size": self.world,
+                "effective_batch": self.effective_batch,
+                "lr": scaled_lr(self.cfg_optim, self.effective_batch),
+                "task": type(self.task).__name__,
+            }
+            state = {
+                "step": step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+                "rng": rngs,
+                "data": {**position, "global_batch": self.global_batch},
+            }
+            path = ckpt.save_checkpoint(
+                self.out_dir, step, model_state=self.raw.state_dict(), config=config, train_state=state,
+                ema_state=self.ema.state_dict() if self.ema is not None else None,
+            )
+            self.last_checkpoint = str(path)
+        self.acc.wait_for_everyone()
+        if not self.main:
+            self.last_checkpoint = str(ckpt.checkpoints_dir(self.out_dir) / ckpt.step_name(step))
+
+    def _tensorboard(self) -> Any:
+        if not self.main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(self.out_dir / "tb"))

@@ -1,0 +1,172 @@
+"""Stage 1 trainer: DINO-Foresight's masked feature transformer on the cached PCA features.
+
+Training items are the (M_f + 1)-frame sub-windows of every training window's feature frames; the loss is SmoothL1
+(beta = stage1.smooth_l1_beta) between the prediction of the masked last frame and its true PCA coefficients.
+Optimizer, schedule and clipping come from `stage1.optim` / `stage1.train` (paper: Adam (0.9, 0.99), lr at the
+reference batch scaled by the effective batch, cosine to 0, clip 1.0).
+
+Validation, on whole val windows: the same loss over all their sub-windows, and for every rollout step
+k = 1 .. Tf - context_latent_frames the per-token cosine similarity (in PCA space, averaged over tokens) between the
+autoregressive prediction from the context feature frames and the true features, next to the copy-last-frame
+baseline's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from configs.schema import Config, ConfigError, Stage1ModelConfig
+from models.foresight import FeatureForesight
+from models.rollout import rollout
+from pipeline.console import console
+from pipeline.store import CacheError, CacheReader
+from train.data import LoaderRequest, Stage1SubWindows, WindowSamples, training_loader, validation_loader
+from train.loop import TrainResult, is_main_process, run_training
+
+
+def stage1_model_config(cfg: Config, meta: dict[str, Any]) -> Stage1ModelConfig:
+    """The config's Stage 1 model with in_channels (PCA components) and token grid taken from the cache."""
+    grid = meta["vfm"]["grid"]
+    return dataclasses.replace(cfg.stage1.model, in_channels=int(meta["pca"]["components"]), grid_h=int(grid[0]), grid_w=int(grid[1]))
+
+
+def build_stage1_model(model_config: dict[str, Any]) -> FeatureForesight:
+    """Model factory for `load_model_for_inference`: the checkpoint's `model` section -> FeatureForesight."""
+    known = {f.name for f in dataclasses.fields(Stage1ModelConfig)}
+    unknown = sorted(set(model_config) - known)
+    if unknown:
+        raise ConfigError(f"Stage 1 checkpoint model config has unknown keys {unknown}; it was written by other code")
+    return FeatureForesight(Stage1ModelConfig(**model_config))
+
+
+def open_stage1_cache(cfg: Config, cache: str) -> CacheReader:
+    """Open the cache and refuse it, naming every field, unless it was made for this config and is complete."""
+    reader = CacheReader(cache)
+    if not reader.complete:
+        raise CacheError(
+            f"{cache}: meta.json status is {reader.meta.get('status')!r}, not 'complete'; finish it first "
+            "(re-run `python cli.py cache` with the same --out, it resumes)"
+        )
+    reader.require(
+        **{
+            "pca.components": cfg.pca.components,
+            "feature_frame_indices": cfg.feature_frame_indices,
+            "context_latent_frames": cfg.context_latent_frames,
+            "window.frames": cfg.window.frames,
+            "window.context_frames": cfg.window.context_frames,
+            "vfm.name": cfg.vfm.name,
+            "vfm.layers": list(cfg.vfm.layers),
+        }
+    )
+    return reader
+
+
+class Stage1Task:
+    """Plugs FeatureForesight into the shared loop."""
+
+    def __init__(self, model_cfg: Stage1ModelConfig, beta: float, context_latent_frames: int):
+        self.model_cfg = model_cfg
+        self.beta = beta
+        self.context_latent_frames = context_latent_frames
+
+    def build_model(self) -> nn.Module:
+        return FeatureForesight(self.model_cfg)
+
+    def model_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.model_cfg)
+
+    def training_loss(self, model: nn.Module, batch: torch.Tensor, step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        # model(...) rather than model.loss(...): the wrapper's forward is what synchronises gradients across processes.
+        prediction = model(batch)
+        return F.smooth_l1_loss(prediction.float(), batch[:, -1].float(), beta=self.beta), {}
+
+    def validate(self, model: nn.Module, loader: Iterable[Any]) -> dict[str, float]:
+        m = self.model_cfg.context_frames
+        ctx = self.context_latent_frames
+        loss_sum, loss_count, windows = 0.0, 0, 0
+        cos_sum: torch.Tensor | None = None
+        copy_sum: torch.Tensor | None = None
+        for batch in loader:
+            feats = batch["features"].float()  # [B, Tf, C, h, w]
+            b, tf = feats.shape[:2]
+            for start in range(tf - m):
+                prediction = model(feats[:, start : start + m + 1])
+                loss_sum += F.smooth_l1_loss(prediction.float(), feats[:, start + m], beta=self.beta).item() * b
+                loss_count += b
+            truth = feats[:, ctx:]  # [B, steps, C, h, w]
+            predicted = rollout(model, feats[:, ctx - m : ctx], tf - ctx).float()
+            copy = feats[:, ctx - 1 : ctx].expand_as(truth)
+            cos = F.cosine_similarity(predicted, truth, dim=2).mean(dim=(2, 3)).sum(0)  # [steps], summed over windows
+            cos_copy = F.cosine_similarity(copy, truth, dim=2).mean(dim=(2, 3)).sum(0)
+            cos_sum = cos if cos_sum is None else cos_sum + cos
+            copy_sum = cos_copy if copy_sum is None else copy_sum + cos_copy
+            windows += b
+        if windows == 0:
+            return {}
+        out = {"loss": loss_sum / loss_count}
+        for k, (c, c0) in enumerate(zip((cos_sum / windows).tolist(), (copy_sum / windows).tolist()), start=1):
+            out[f"cos_step{k}"] = c
+            out[f"cos_copy_last_step{k}"] = c0
+        return out
+
+
+def train_stage1(
+    cfg: Config,
+    cache: str,
+    out: str,
+    resume: bool | str = False,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    mixed_precision: str | None = None,
+) -> TrainResult:
+    """Train Stage 1 on `cache`, writing checkpoints/TensorBoard under `out`. Options override `cfg.stage1.train`."""
+    cfg_train = dataclasses.replace(
+        cfg.stage1.train,
+        **{k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("num_workers", num_workers), ("mixed_precision", mixed_precision)) if v is not None},
+    )
+    reader = open_stage1_cache(cfg, cache)
+    meta = reader.meta
+    model_cfg = stage1_model_config(cfg, meta)
+    tf = int(meta["latent_frames"])
+    features = reader.array("features")
+    expected = (tf, model_cfg.in_channels, model_cfg.grid_h, model_cfg.grid_w)
+    if tuple(features.shape[1:]) != expected:
+        raise CacheError(f"{cache}/features has per-sample shape {tuple(features.shape[1:])}, meta.json says {expected}; the cache is inconsistent, rebuild it")
+    train_samples = reader.samples("train")
+    val_samples = reader.samples("val")
+    if len(train_samples) == 0:
+        raise CacheError(f"{cache} has no complete 'train' samples; check manifest.parquet splits and failures.parquet")
+
+    train_set = Stage1SubWindows(cache, train_samples, model_cfg.context_frames, tf, reader.shard_size)
+    workers = cfg_train.num_workers
+
+    def train_loader(request: LoaderRequest) -> Any:
+        return training_loader(train_set, request, workers)
+
+    val_loader = None
+    if len(val_samples):
+        val_set = WindowSamples(cache, val_samples, reader.shard_size, features=True, latents=False)
+
+        def val_loader(request: LoaderRequest) -> Any:
+            return validation_loader(val_set, request, workers)
+    elif is_main_process():
+        console.print(f"{cache} has no 'val' samples: Stage 1 validation is skipped")
+
+    task = Stage1Task(model_cfg, cfg.stage1.smooth_l1_beta, int(meta["context_latent_frames"]))
+    extra = {
+        "random_weights": bool(meta.get("random_weights", False)),
+        "vfm_weights": meta["vfm"].get("weights"),
+        "pca_fingerprint": meta["pca"].get("fingerprint"),
+        "cache": str(cache),
+        "stage": "stage1",
+    }
+    return run_training(
+        task, train_loader, val_loader, cfg_train, cfg.stage1.optim, out,
+        resume=resume, cache_fingerprint=reader.fingerprint(), extra_meta=extra, full_config=cfg.to_dict(),
+    )
