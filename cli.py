@@ -1,0 +1,317 @@
+"""Re2Pix command line. Thin: each command parses options, loads the config and calls one function.
+
+    python cli.py make-sample-data runs/sample           # procedural driving dataset (Cityscapes layout)
+    python cli.py cache --dataset synthetic --root runs/sample
+    python cli.py bench pca | cache
+
+Every command takes --config (a preset name from configs/ or a .toml path; default: tiny) and --set
+section.key=value overrides. Run `python cli.py COMMAND --help` for every option.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+APP_HELP = (
+    "Re2Pix: semantics-guided hierarchical video prediction. Every command takes --config (a preset in configs/: "
+    "tiny (default, CPU) or paper, or a .toml path) and repeatable --set section.key=value overrides."
+)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=APP_HELP)
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks that print measured figures.")
+app.add_typer(bench_app, name="bench")
+
+ConfigOpt = typer.Option("tiny", "--config", "-c", help="Preset name in configs/ (tiny, paper) or a path to a .toml file.")
+SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set stage2.train.steps=100 (repeatable).")
+RandomOpt = typer.Option(
+    False,
+    "--allow-random-weights",
+    help="Run with randomly initialised VFM/VAE weights when no weights are given (loud warning; recorded in every output).",
+)
+
+
+def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Known user errors print one clear message and exit 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from configs.schema import ConfigError
+        from pipeline.errors import DatasetLayoutError, InputError
+        from pipeline.store import CacheError
+        from pipeline.weights import MissingWeightsError, WeightsFormatError
+        from train.checkpoint import CheckpointError
+        from train.loop import NonFiniteLossError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, CacheError, CheckpointError, NonFiniteLossError, DatasetLayoutError, InputError, MissingWeightsError,
+                WeightsFormatError, FileNotFoundError) as exc:
+            from pipeline.console import console
+
+            console.print(f"[bold red]error:[/bold red] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _config(config: str, overrides: Optional[list[str]], extra: Optional[dict[str, Any]] = None):
+    from configs.schema import load_config
+
+    items = list(overrides or [])
+    items += [f"{k}={v!r}" if isinstance(v, str) else f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in (extra or {}).items() if v is not None]
+    return load_config(config, items)
+
+
+def default_cache(cfg: Any, dataset: str = "synthetic") -> str:
+    return str(Path(cfg.paths.root) / "cache" / dataset)
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+@app.command("make-sample-data")
+@_friendly_errors
+def make_sample_data(
+    out: Path = typer.Argument(..., help="Folder to write the dataset into (Cityscapes layout)."),
+    train: int = typer.Option(24, help="Number of 30-frame training snippets."),
+    val: int = typer.Option(8, help="Number of 30-frame validation snippets."),
+    height: int = typer.Option(128, help="Frame height in pixels."),
+    width: int = typer.Option(256, help="Frame width in pixels."),
+    seed: int = typer.Option(0, help="Random seed: the same seed writes the same bytes."),
+) -> None:
+    """Render a procedural driving dataset (road, lanes, sidewalks, buildings, trees, sky, moving cars) with labels."""
+    import time
+
+    from pipeline.console import summary
+    from pipeline.sources.synthetic import write_sample_dataset
+
+    t0 = time.perf_counter()
+    counts = write_sample_dataset(out, train=train, val=val, height=height, width=width, seed=seed)
+    summary(f"make-sample-data: {counts} in {time.perf_counter() - t0:.1f} s -> {out}")
+
+
+@app.command("cache")
+@_friendly_errors
+def cache(
+    dataset: str = typer.Option("synthetic", help="cityscapes | nuscenes | kitti | covla | videos | synthetic."),
+    root: Optional[Path] = typer.Option(None, help="Dataset root folder (default: paths.data from the config)."),
+    out: Optional[str] = typer.Option(None, help="Cache folder or fsspec URL (default: <paths.root>/cache/<dataset>)."),
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    splits: str = typer.Option("train,val", help="Comma-separated splits to cache."),
+    ray_address: Optional[str] = typer.Option(None, help="Attach to a running Ray cluster (e.g. auto or ray://host:10001)."),
+    workers: int = typer.Option(0, help="Number of workers (0: one per GPU, else half the CPUs)."),
+    vfm_weights: Optional[str] = typer.Option(None, help="Local VFM weights (timm or official DINOv2 format)."),
+    vae_weights: Optional[str] = typer.Option(None, help="WAN2.1 VAE weights: a diffusers folder or Wan2.1_VAE.pth."),
+    codec: Optional[str] = typer.Option(None, help="Override codec.name: wan or pixel (lossless, no weights needed)."),
+    pca: Optional[str] = typer.Option(None, help="Use this PCA (pca.safetensors, or DINO-Foresight's .pth with --allow-pickle)."),
+    allow_pickle: bool = typer.Option(False, help="Allow unpickling DINO-Foresight's PCA file (runs code from that file)."),
+    allow_random_weights: bool = RandomOpt,
+    strict: bool = typer.Option(False, help="Stop at the first bad input instead of recording it in failures.parquet."),
+    limit: int = typer.Option(0, help="Cache at most this many windows per split (0: all)."),
+) -> None:
+    """Decode, run the frozen VFM (+ PCA) and the codec once, and write sharded Zarr arrays with a manifest."""
+    from pipeline.console import summary
+    from pipeline.dag import build_cache
+
+    extra = {"vfm.weights": vfm_weights, "codec.weights": vae_weights, "codec.name": codec, "pca.checkpoint": pca}
+    if allow_pickle:
+        extra["pca.allow_pickle"] = True
+    cfg = _config(config, set_, extra)
+    data_root = root or (Path(cfg.paths.data) if cfg.paths.data else None)
+    if data_root is None:
+        raise typer.BadParameter("give --root PATH (the dataset folder) or set paths.data in the config")
+    result = build_cache(
+        cfg,
+        dataset,
+        data_root,
+        out or default_cache(cfg, dataset),
+        splits=[s.strip() for s in splits.split(",") if s.strip()],
+        ray_address=ray_address,
+        workers=workers,
+        allow_random_weights=allow_random_weights,
+        strict=strict,
+        limit=limit,
+    )
+    summary(result.line())
+
+
+# ------------------------------------------------------------------------------------------ stage 1
+
+CacheOpt = typer.Option(None, "--cache", help="Cache folder or URL (default: <paths.root>/cache/synthetic).")
+ResumeOpt = typer.Option(None, "--resume", help="Resume: 'latest' (the newest checkpoint in --out) or a checkpoint folder.")
+StepsOpt = typer.Option(None, help="Total optimizer steps (overrides the config's train.steps).")
+BatchOpt = typer.Option(None, help="Batch size per process (overrides the config).")
+WorkersOpt = typer.Option(None, help="DataLoader workers per process (overrides the config).")
+PrecisionOpt = typer.Option(None, help="auto | no | bf16 | fp16 (overrides the config; auto = bf16 on GPU, fp32 on CPU).")
+
+
+def _resume(value: Optional[str]) -> bool | str:
+    return False if value is None else (True if value == "latest" else value)
+
+
+@app.command("train-stage1")
+@_friendly_errors
+def train_stage1(
+    cache: Optional[str] = CacheOpt,
+    out: Optional[str] = typer.Option(None, help="Run folder for checkpoints and TensorBoard logs (default: <paths.root>/stage1)."),
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    resume: Optional[str] = ResumeOpt,
+    steps: Optional[int] = StepsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    num_workers: Optional[int] = WorkersOpt,
+    mixed_precision: Optional[str] = PrecisionOpt,
+) -> None:
+    """Train the DINO-Foresight masked feature transformer on the cached PCA features.
+
+    Several GPUs or nodes: `accelerate launch --num_processes N cli.py train-stage1 ...`.
+    """
+    from train.stage1 import train_stage1 as run
+
+    cfg = _config(config, set_)
+    run(cfg, cache or default_cache(cfg), out or str(Path(cfg.paths.root) / "stage1"), resume=_resume(resume), steps=steps,
+        batch_size=batch_size, num_workers=num_workers, mixed_precision=mixed_precision)
+
+
+@app.command("make-predicted-pool")
+@_friendly_errors
+def make_predicted_pool(
+    stage1: Optional[str] = typer.Option(None, "--stage1", help="Stage 1 checkpoint or run folder (default: <paths.root>/stage1)."),
+    cache: Optional[str] = CacheOpt,
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    fraction: float = typer.Option(1.0, help="Fraction of the training windows to predict (chosen by a stable hash of the sample id)."),
+    batch_size: int = typer.Option(8, help="Windows per rollout batch."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    overwrite: bool = typer.Option(False, help="Replace a pool written by another Stage 1 checkpoint."),
+) -> None:
+    """Roll Stage 1 out on every training window and write its predicted future features into the cache's pool/."""
+    from train.pool import make_predicted_pool as run
+
+    cfg = _config(config, set_)
+    run(cache or default_cache(cfg), stage1 or str(Path(cfg.paths.root) / "stage1"), fraction=fraction, batch_size=batch_size,
+        device=device, overwrite=overwrite)
+
+
+@app.command("demo")
+@_friendly_errors
+def demo(
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    out: Optional[Path] = typer.Option(None, help="Folder for everything the demo writes (default: paths.root of the config)."),
+    workers: int = typer.Option(0, help="Ray workers for the cache step (0: automatic)."),
+) -> None:
+    """Run the whole system end to end on the embedded synthetic driving set (random VFM weights, pixel codec)."""
+    from eval.demo import run_demo
+    from pipeline.console import summary
+
+    result = run_demo(_config(config, set_), out, workers=workers)
+    summary(result.line())
+
+
+# ------------------------------------------------------------------------------------------ bench
+
+
+@bench_app.command("pca")
+@_friendly_errors
+def bench_pca(
+    tokens: int = typer.Option(200_000, help="Number of token rows in the matrix."),
+    dim: int = typer.Option(3072, help="Feature dimension (3072 = 4 DINOv2-B layers)."),
+    components: int = typer.Option(1152, help="PCA components to keep."),
+    chunk: int = typer.Option(20_000, help="Rows per streamed chunk for our accumulator."),
+    seed: int = typer.Option(0, help="Random seed of the synthetic token matrix."),
+) -> None:
+    """Our streamed exact PCA vs scikit-learn PCA: time, peak memory, agreement of the top components."""
+    from pipeline.bench_pca import run
+
+    run(tokens=tokens, dim=dim, components=components, chunk=chunk, seed=seed)
+
+
+@bench_app.command("cache")
+@_friendly_errors
+def bench_cache(
+    root: Optional[Path] = typer.Option(None, help="Dataset root (default: renders a small synthetic set in a temp folder)."),
+    dataset: str = typer.Option("synthetic", help="Dataset kind of --root."),
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    workers: int = typer.Option(2, help="Ray workers for the DAG run."),
+    limit: int = typer.Option(8, help="Windows per split to cache."),
+) -> None:
+    """Frames/s of the Ray DAG vs a plain sequential loop over the same windows, with the time split by stage."""
+    from pipeline.bench_cache import run
+
+    run(_config(config, set_), dataset=dataset, root=root, workers=workers, limit=limit)
+
+
+@bench_app.command("dit")
+@_friendly_errors
+def bench_dit(
+    width: int = typer.Option(96, help="Transformer width (paper: 2048)."),
+    depth: int = typer.Option(2, help="Number of blocks (paper: 14)."),
+    heads: int = typer.Option(4, help="Attention heads (paper: 16)."),
+    frames: int = typer.Option(7, help="Latent frames (paper: 7)."),
+    height: int = typer.Option(8, help="Token-grid height (paper: 27)."),
+    width_tokens: int = typer.Option(16, help="Token-grid width (paper: 48)."),
+    feature_channels: int = typer.Option(64, help="Semantic feature channels for early fusion (paper: 1152)."),
+    latent_channels: int = typer.Option(16, help="Latent channels (WAN: 16)."),
+    adaln_lora_dim: int = typer.Option(32, help="AdaLN-LoRA rank (paper: 256)."),
+    batch: int = typer.Option(1, help="Batch size."),
+    steps: int = typer.Option(3, help="Timed forward+backward steps (after one warm-up)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16."),
+    checkpointing: bool = typer.Option(False, help="Activation checkpointing per block."),
+) -> None:
+    """Forward+backward time, peak memory and tokens/s: our DiT vs diffusers' CosmosTransformer3DModel at equal size.
+
+    Paper size on a GPU: --width 2048 --depth 14 --heads 16 --height 27 --width-tokens 48 --feature-channels 1152
+    --adaln-lora-dim 256 --device cuda
+    """
+    from train.bench_dit import run
+
+    run(width=width, depth=depth, heads=heads, frames=frames, height=height, width_tokens=width_tokens, device=device, steps=steps,
+        batch=batch, latent_channels=latent_channels, feature_channels=feature_channels, adaln_lora_dim=adaln_lora_dim, dtype=dtype,
+        checkpointing=checkpointing)
+
+
+@bench_app.command("loader")
+@_friendly_errors
+def bench_loader(
+    cache: Optional[str] = CacheOpt,
+    config: str = ConfigOpt,
+    batch_size: int = typer.Option(8, help="Batch size."),
+    workers: int = typer.Option(2, help="DataLoader workers."),
+    batches: int = typer.Option(20, help="Batches to time."),
+) -> None:
+    """Samples/s and MB/s read from the cache, for Stage 1 sub-windows and Stage 2 windows."""
+    from train.bench_loader import run
+
+    run(cache or default_cache(_config(config, None)), batch_size=batch_size, workers=workers, batches=batches)
+
+
+@bench_app.command("stage1")
+@_friendly_errors
+def bench_stage1(
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    batch_size: int = typer.Option(2, help="Clips per step."),
+    steps: int = typer.Option(5, help="Timed steps (after warm-up)."),
+    warmup: int = typer.Option(2, help="Warm-up steps."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+) -> None:
+    """Stage 1 step time on cached features vs running the VFM + PCA inside the step; fused vs unfused attention."""
+    from train.bench_stage1 import run
+
+    run(config, batch_size=batch_size, steps=steps, warmup=warmup, device=device, overrides=set_)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

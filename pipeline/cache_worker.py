@@ -1,0 +1,203 @@
+"""The work one cache worker does: decode windows, run the frozen VFM, project with the PCA, encode with the codec.
+
+A plain class so the same code runs inside a Ray actor (pipeline/dag.py) and in a plain sequential loop
+(`bench cache`'s baseline). It holds the models once and processes whole shards, so each shard is written by
+exactly one worker.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from configs.schema import config_from_dict
+from pipeline import layout
+from pipeline.decode import read_frames, read_label
+from pipeline.errors import InputError
+from pipeline.pca import PCA, PCAAccumulator
+from pipeline.store import write_shard
+from pipeline.windows import Window
+
+
+@dataclass
+class Decoded:
+    frames: np.ndarray | None = None  # uint8 [K, H, W, 3]
+    segmentation: np.ndarray | None = None  # uint8 [H, W]
+    depth: np.ndarray | None = None
+    error: InputError | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class StageTimes:
+    decode: float = 0.0
+    vfm: float = 0.0
+    codec: float = 0.0
+    write: float = 0.0
+    frames: int = 0
+    bytes: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, other: "StageTimes") -> None:
+        self.decode += other.decode
+        self.vfm += other.vfm
+        self.codec += other.codec
+        self.write += other.write
+        self.frames += other.frames
+        self.bytes += other.bytes
+        self.failures.extend(other.failures)
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class CacheWorker:
+    def __init__(self, cfg_dict: dict[str, Any], allow_random_weights: bool, threads: int = 0, strict: bool = False):
+        from pipeline.vfm import build_vfm
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.cfg = config_from_dict(cfg_dict)
+        self.device = pick_device()
+        self.allow_random_weights = allow_random_weights
+        self.strict = strict
+        self.vfm = build_vfm(self.cfg.vfm, allow_random_weights=allow_random_weights, device=self.device)
+        self.codec: Any = None
+        self.pca: PCA | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1)  # decodes the next window while the models run
+
+    # ------------------------------------------------------------------------------------ info
+    def describe(self) -> dict[str, Any]:
+        codec = self._codec()
+        return {
+            "vfm_weights": self.vfm.weights,
+            "vfm_channels": self.vfm.out_channels,
+            "grid": list(self.vfm.grid),
+            "codec_weights": codec.weights,
+            "codec_channels": codec.channels,
+            "device": self.device,
+        }
+
+    def _codec(self) -> Any:
+        if self.codec is None:
+            from pipeline.codec import build_codec
+
+            self.codec = build_codec(self.cfg.codec, allow_random_weights=self.allow_random_weights, device=self.device)
+        return self.codec
+
+    def set_pca(self, path: str) -> None:
+        self.pca = PCA.load(path).to(self.device)
+
+    # ---------------------------------------------------------------------------------- decoding
+    def _decode(self, window: Window, feature_only: bool) -> Decoded:
+        t0 = time.perf_counter()
+        w = self.cfg.window
+        out = Decoded()
+        try:
+            indices = [window.indices[i] for i in self.cfg.feature_frame_indices] if feature_only else list(window.indices)
+            out.frames = read_frames(window.clip, indices, w.height, w.width)
+            if not feature_only and window.label_index >= 0:
+                labels = window.clip.labels.get(window.indices[window.label_index], {})
+                if labels.get("segmentation"):
+                    out.segmentation = read_label(labels["segmentation"], w.height, w.width, "segmentation")
+                if labels.get("depth"):
+                    out.depth = read_label(labels["depth"], w.height, w.width, "depth")
+        except InputError as exc:
+            if self.strict:
+                raise
+            out.error = exc
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def _decoded_stream(self, windows: Sequence[Window], feature_only: bool):
+        """Yield decoded windows in order, decoding one ahead on a background thread."""
+        if not windows:
+            return
+        pending = self._pool.submit(self._decode, windows[0], feature_only)
+        for i in range(len(windows)):
+            current = pending.result()
+            if i + 1 < len(windows):
+                pending = self._pool.submit(self._decode, windows[i + 1], feature_only)
+            yield current
+
+    @torch.no_grad()
+    def _vfm_features(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [T, H, W, 3] -> VFM features [T, D, h, w] (float32), in batches of vfm.batch_size frames."""
+        x = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        bs = max(1, self.cfg.vfm.batch_size)
+        return torch.cat([self.vfm(x[i : i + bs]).float() for i in range(0, x.shape[0], bs)])
+
+    # ------------------------------------------------------------------------------------ pass 1
+    def accumulate(self, windows: Sequence[Window]) -> tuple[dict[str, np.ndarray], StageTimes]:
+        """PCA pass: float64 sums of the VFM tokens of the windows' feature frames."""
+        acc = PCAAccumulator(self.vfm.out_channels)
+        times = StageTimes()
+        for window, dec in zip(windows, self._decoded_stream(windows, feature_only=True)):
+            times.decode += dec.seconds
+            if dec.error is not None:
+                times.failures.append(_failure(-1, window, dec.error, "pca-fit"))
+                continue
+            t0 = time.perf_counter()
+            feats = self._vfm_features(dec.frames)  # [T, D, h, w]
+            acc.add(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
+            times.vfm += time.perf_counter() - t0
+            times.frames += dec.frames.shape[0]
+        return acc.state_dict(), times
+
+    # ------------------------------------------------------------------------------------ pass 2
+    @torch.no_grad()
+    def encode_window(self, dec: Decoded) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """One decoded window -> (features [Tf, C, h, w], latents [Tl, Cz, H', W']) as float32 numpy."""
+        assert self.pca is not None, "set_pca() must run before pass 2"
+        t0 = time.perf_counter()
+        frames = dec.frames[self.cfg.feature_frame_indices]
+        feats = self.pca.project_maps(self._vfm_features(frames))
+        t1 = time.perf_counter()
+        video = torch.from_numpy(dec.frames).to(self.device).permute(3, 0, 1, 2)[None].float().div_(127.5).sub_(1.0)
+        latents = self._codec().encode(video)[0].permute(1, 0, 2, 3)  # [C, T, H, W] -> [T, C, H, W]
+        t2 = time.perf_counter()
+        return feats.float().cpu().numpy(), latents.float().cpu().numpy(), t1 - t0, t2 - t1
+
+    def process_shard(self, root: str, shard: int, rows: Sequence[tuple[int, Window]], shapes: dict[str, tuple[int, ...]]) -> StageTimes:
+        """Compute and write every array of one shard, then its completion marker."""
+        times = StageTimes()
+        n = len(rows)
+        arrays = {
+            layout.FEATURES: np.zeros((n, *shapes[layout.FEATURES]), np.float32),
+            layout.LATENTS: np.zeros((n, *shapes[layout.LATENTS]), np.float32),
+            layout.SEGMENTATION: np.full((n, *shapes[layout.SEGMENTATION]), layout.IGNORE_LABEL, np.uint8),
+            layout.DEPTH: np.full((n, *shapes[layout.DEPTH]), layout.INVALID_DEPTH, np.uint8),
+        }
+        statuses = []
+        windows = [w for _, w in rows]
+        for j, ((sample, window), dec) in enumerate(zip(rows, self._decoded_stream(windows, feature_only=False))):
+            times.decode += dec.seconds
+            if dec.error is not None:
+                times.failures.append(_failure(sample, window, dec.error, "decode"))
+                statuses.append({"sample": sample, "status": "failed"})
+                continue
+            feats, lat, t_vfm, t_codec = self.encode_window(dec)
+            arrays[layout.FEATURES][j] = feats
+            arrays[layout.LATENTS][j] = lat
+            if dec.segmentation is not None:
+                arrays[layout.SEGMENTATION][j] = dec.segmentation
+            if dec.depth is not None:
+                arrays[layout.DEPTH][j] = dec.depth
+            times.vfm += t_vfm
+            times.codec += t_codec
+            times.frames += dec.frames.shape[0]
+            statuses.append({"sample": sample, "status": "ok"})
+        t0 = time.perf_counter()
+        times.bytes = write_shard(root, shard, self.cfg.cache.shard_size, arrays, statuses)
+        times.write = time.perf_counter() - t0
+        return times
+
+
+def _failure(sample: int, window: Window, exc: InputError, stage: str) -> dict[str, Any]:
+    return {"sample": sample, "sample_id": window.sample_id, "path": str(exc.path), "stage": stage, "reason": str(exc.reason)}

@@ -1,0 +1,475 @@
+"""`python cli.py cache`: one Ray DAG from raw driving videos to a sharded Zarr cache.
+
+    list clips -> windows -> manifest ──► pass 1: CacheWorker.accumulate (per-worker float64 sums) ─► merge ─► eigh ─► pca.safetensors
+                                     └──► pass 2: CacheWorker.process_shard (decode → VFM → PCA → codec → write shard → marker)
+                                          └──► finalize: manifest status, failures.parquet, meta.json "complete"
+
+One worker (Ray actor) per GPU when GPUs exist, CPU workers otherwise; each shard is written by exactly one worker.
+Re-running the same command resumes: finished shards (those with a marker) are skipped, the saved PCA is reused, and
+a different configuration is refused with the differences named. Works on a local Ray (started here) and on an
+existing cluster (`--ray-address`), with the cache on a local path or an fsspec URL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+
+from configs.schema import Config
+from pipeline import atomic, layout
+from pipeline.cache_worker import CacheWorker, StageTimes
+from pipeline.console import console, progress, warn_loud
+from pipeline.errors import InputError
+from pipeline.fingerprint import RANDOM, dict_fingerprint
+from pipeline.pca import PCA, PCAAccumulator, fit_pca
+from pipeline.sources import list_clips
+from pipeline.store import (
+    ArraySpec,
+    CacheError,
+    WriterLock,
+    create_arrays,
+    done_shards,
+    empty_failures,
+    read_parquet,
+    write_parquet,
+)
+from pipeline.windows import Window, make_windows
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+@dataclass
+class CacheSummary:
+    out: str
+    samples: int
+    ok: int
+    failed: int
+    frames: int
+    seconds: float
+    bytes_written: int
+    skipped_shards: int
+    times: StageTimes
+
+    def line(self) -> str:
+        fps = self.frames / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"cache: {self.samples} samples ({self.ok} ok, {self.failed} failed, {self.skipped_shards} shards already done) "
+            f"in {self.seconds:.1f} s, {fps:.1f} frames/s, {self.bytes_written / 1e6:.1f} MB written -> {self.out}"
+        )
+
+
+# ----------------------------------------------------------------------------------- what defines a cache
+
+
+def cache_settings(cfg: Config, dataset: str, root: str) -> dict[str, Any]:
+    """Everything that changes the cache's contents. A resume must match it exactly."""
+    c = cfg.to_dict()
+    return {
+        "dataset": dataset,
+        "root": str(root),
+        "window": c["window"],
+        "source": c["sources"].get(dataset, {}),
+        "vfm": {k: c["vfm"][k] for k in ("name", "layers", "input_height", "input_width", "weights", "overrides")},
+        "pca": {k: c["pca"][k] for k in ("components", "fit_split", "fit_max_windows", "checkpoint")},
+        "codec": {k: c["codec"][k] for k in ("name", "temporal_factor", "spatial_factor", "latent_channels", "weights", "overrides")},
+        "cache": {k: c["cache"][k] for k in ("shard_size", "dtype", "compressor", "compression_level")},
+    }
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if old == new else [f"{prefix}: cache has {old!r}, this run has {new!r}"]
+
+
+# --------------------------------------------------------------------------------------------- manifest
+
+
+def manifest_frame(windows: Sequence[Window], shard_size: int) -> pl.DataFrame:
+    rows = []
+    for i, w in enumerate(windows):
+        label = w.clip.labels.get(w.indices[w.label_index], {}) if w.label_index >= 0 else {}
+        rows.append(
+            {
+                "sample": i,
+                "sample_id": w.sample_id,
+                "dataset": w.clip.dataset,
+                "split": w.clip.split,
+                "clip_id": w.clip.clip_id,
+                "fps": float(w.clip.fps),
+                "frame_indices": list(map(int, w.indices)),
+                "source": w.clip.video,
+                "frame_paths": [w.clip.frame_paths[j] for j in w.indices] if w.clip.frame_paths else [],
+                "label_index": int(w.label_index),
+                "segmentation_path": label.get("segmentation", ""),
+                "depth_path": label.get("depth", ""),
+                "shard": i // shard_size,
+                "status": "pending",
+            }
+        )
+    schema = {
+        "sample": pl.Int64, "sample_id": pl.Utf8, "dataset": pl.Utf8, "split": pl.Utf8, "clip_id": pl.Utf8,
+        "fps": pl.Float64, "frame_indices": pl.List(pl.Int64), "source": pl.Utf8, "frame_paths": pl.List(pl.Utf8),
+        "label_index": pl.Int64, "segmentation_path": pl.Utf8, "depth_path": pl.Utf8, "shard": pl.Int64, "status": pl.Utf8,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def select_windows(
+    cfg: Config, dataset: str, root: str, splits: Sequence[str], limit: int, listing_failures: list[dict[str, Any]] | None = None
+) -> list[Window]:
+    """Clips -> K-frame windows, sorted by split then sample id. Files unreadable while listing go to `listing_failures`."""
+
+    def on_error(exc: InputError) -> None:
+        if listing_failures is None:
+            raise exc
+        listing_failures.append({"sample": -1, "sample_id": "", "path": exc.path, "stage": "list", "reason": exc.reason})
+
+    clips = list_clips(dataset, root, cfg.sources.get(dataset) or _missing_source(dataset), splits, on_error=on_error)
+    windows = make_windows(clips, cfg.window.frames, cfg.sources[dataset])
+    windows = sorted(windows, key=lambda w: (splits.index(w.clip.split) if w.clip.split in splits else len(splits), w.sample_id))
+    if limit > 0:
+        kept, per_split = [], {}
+        for w in windows:
+            if per_split.get(w.clip.split, 0) < limit:
+                kept.append(w)
+                per_split[w.clip.split] = per_split.get(w.clip.split, 0) + 1
+        windows = kept
+    return windows
+
+
+def _missing_source(dataset: str) -> Any:
+    raise CacheError(f"no [sources.{dataset}] settings in the config; add a table with frame_step/stride/start")
+
+
+# ------------------------------------------------------------------------------------------------- Ray
+
+
+def _init_ray(address: str | None, workers: int) -> Any:
+    import ray
+
+    if not ray.is_initialized():
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)}
+        kwargs: dict[str, Any] = dict(
+            include_dashboard=False,
+            ignore_reinit_error=True,
+            log_to_driver=True,
+            logging_level="ERROR",
+            runtime_env={"env_vars": env},
+        )
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=max(os.cpu_count() or 1, workers), object_store_memory=512 * 1024**2, **kwargs)
+    return ray
+
+
+def _worker_plan(ray: Any, requested: int) -> tuple[int, dict[str, Any], int]:
+    """(workers, actor resources, torch threads per worker): one per GPU, else CPU workers."""
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+    if gpus > 0:
+        n = min(requested, gpus) if requested > 0 else gpus
+        return n, {"num_gpus": 1, "num_cpus": 1}, max(1, cpus // max(n, 1) - 1)
+    n = requested if requested > 0 else max(1, cpus // 2)
+    n = max(1, min(n, cpus))
+    return n, {"num_cpus": 1}, max(1, cpus // n)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The original exception inside a RayTaskError (InputError with --strict, CacheError, ...)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build_cache(
+    cfg: Config,
+    dataset: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    splits: Sequence[str] = ("train", "val"),
+    ray_address: str | None = None,
+    workers: int = 0,
+    allow_random_weights: bool = False,
+    strict: bool | None = None,
+    limit: int = 0,
+    max_shards: int = 0,
+) -> CacheSummary:
+    """Build (or resume) the cache of `dataset` at `root` into `out`. `max_shards` > 0 stops early (tests, partial runs)."""
+    t_start = time.perf_counter()
+    root, out = str(root), str(out)
+    strict = cfg.cache.strict if strict is None else strict
+    settings = cache_settings(cfg, dataset, root)
+    listing_failures: list[dict[str, Any]] = []
+    windows = select_windows(cfg, dataset, root, list(splits), limit, listing_failures)
+    if not windows:
+        raise CacheError(f"{root}: no {dataset} clip is long enough for a {cfg.window.frames}-frame window (splits {list(splits)})")
+    shard_size = cfg.cache.shard_size
+    n = len(windows)
+    num_shards = (n + shard_size - 1) // shard_size
+    meta_path = atomic.join(out, layout.META)
+
+    with WriterLock(out, purpose="cache"):
+        meta = _open_or_create_meta(meta_path, settings, windows, shard_size)
+        manifest = manifest_frame(windows, shard_size)
+        manifest_path = atomic.join(out, layout.MANIFEST)
+        if atomic.exists(manifest_path):
+            old_ids = read_parquet(manifest_path)["sample_id"].to_list()
+            if old_ids != manifest["sample_id"].to_list():
+                raise CacheError(
+                    f"{manifest_path}: the dataset at {root} now lists other windows than when this cache was started "
+                    f"({len(old_ids)} before, {len(manifest)} now); use a new --out folder"
+                )
+        else:
+            write_parquet(manifest_path, manifest)
+        ray = _init_ray(ray_address, workers)
+        n_workers, resources, threads = _worker_plan(ray, workers or cfg.cache.workers)
+        actor_cls = ray.remote(**resources)(CacheWorker)
+        cfg_dict = cfg.to_dict()
+        actors = [actor_cls.remote(cfg_dict, allow_random_weights, threads, strict) for _ in range(n_workers)]
+        try:
+            info = ray.get(actors[0].describe.remote())
+        except ray.exceptions.ActorDiedError:
+            # Ray hides an actor constructor's exception; building the worker here re-raises the real, clear error
+            # (missing weights, bad weights file, ...). Only paid when the actors failed anyway.
+            CacheWorker(cfg.to_dict(), allow_random_weights).describe()
+            raise
+        except Exception as exc:
+            raise _unwrap(exc) from None
+        _warn_random(info)
+        total = StageTimes()
+        total.failures.extend(listing_failures)
+
+        # ---------------- pass 1: the PCA
+        pca_path = atomic.join(out, layout.PCA_FILE)
+        if atomic.exists(pca_path):
+            pca = PCA.load(pca_path)
+            pca_info = meta.get("pca", {})
+        elif cfg.pca.checkpoint:
+            pca = _import_pca(cfg)
+            pca.save(pca_path)
+            pca_info = {"source": cfg.pca.checkpoint}
+        else:
+            pca, pca_info, times = _fit_pca_pass(ray, actors, cfg, windows, info["vfm_channels"])
+            total.add(times)
+            pca.save(pca_path)
+        if pca.dim != info["vfm_channels"] or pca.n_components != cfg.pca.components:
+            raise CacheError(
+                f"{pca_path}: PCA maps {pca.dim} -> {pca.n_components} channels but the VFM gives {info['vfm_channels']} "
+                f"and pca.components={cfg.pca.components}; use a matching PCA or a new --out folder"
+            )
+        ray.get([a.set_pca.remote(pca_path) for a in actors])
+
+        # ---------------- arrays
+        h, w = info["grid"]
+        lh, lw = cfg.latent_hw
+        shapes = {
+            layout.FEATURES: (cfg.latent_frames, cfg.pca.components, h, w),
+            layout.LATENTS: (cfg.latent_frames, info["codec_channels"], lh, lw),
+            layout.SEGMENTATION: (cfg.window.height, cfg.window.width),
+            layout.DEPTH: (cfg.window.height, cfg.window.width),
+        }
+        create_arrays(
+            out,
+            n,
+            shard_size,
+            [
+                ArraySpec(layout.FEATURES, shapes[layout.FEATURES], cfg.cache.dtype),
+                ArraySpec(layout.LATENTS, shapes[layout.LATENTS], cfg.cache.dtype),
+                ArraySpec(layout.SEGMENTATION, shapes[layout.SEGMENTATION], "uint8", layout.IGNORE_LABEL),
+                ArraySpec(layout.DEPTH, shapes[layout.DEPTH], "uint8", layout.INVALID_DEPTH),
+            ],
+            cfg.cache.compressor,
+            cfg.cache.compression_level,
+        )
+        meta.update(_meta_body(cfg, dataset, root, settings, info, pca, pca_info, windows, shard_size, shapes))
+        atomic.write_json(meta_path, meta)
+
+        # ---------------- pass 2: shards
+        finished = done_shards(out)
+        todo = [s for s in range(num_shards) if s not in finished]
+        if max_shards > 0:
+            todo = todo[:max_shards]
+        rows_of = lambda s: [(i, windows[i]) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]  # noqa: E731
+        with progress() as bar:
+            task = bar.add_task("pass 2: encode + write", total=len(todo), status="")
+            pending: dict[Any, int] = {}
+            queue = list(todo)
+            idle = list(actors)
+            try:
+                while queue or pending:
+                    while queue and idle:
+                        s = queue.pop(0)
+                        actor = idle.pop(0)
+                        pending[actor.process_shard.remote(out, s, rows_of(s), shapes)] = actors.index(actor)
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in ready:
+                        idle.append(actors[pending.pop(ref)])
+                        times = ray.get(ref)
+                        total.add(times)
+                        bar.update(task, advance=1, status=f"{total.frames} frames, {len(total.failures)} failed")
+            except Exception as exc:
+                original = _unwrap(exc)
+                if isinstance(original, InputError):
+                    raise CacheError(f"--strict: {original}. Fix or remove that file, or run without --strict to record it and carry on.") from None
+                raise original from None
+
+        # ---------------- finalize
+        status = _finalize(out, meta, meta_path, manifest, total, complete=(max_shards == 0 or not queue and len(done_shards(out)) == num_shards))
+    seconds = time.perf_counter() - t_start
+    ok = int((status == "ok").sum())
+    failed = int((status == "failed").sum())
+    return CacheSummary(out, n, ok, failed, total.frames, seconds, total.bytes, len(finished), total)
+
+
+def _open_or_create_meta(meta_path: str, settings: dict[str, Any], windows: Sequence[Window], shard_size: int) -> dict[str, Any]:
+    if atomic.exists(meta_path):
+        meta = atomic.read_json(meta_path)
+        diffs = _differences(meta.get("settings", {}), settings)
+        if meta.get("num_samples") not in (None, len(windows)):
+            diffs.append(f"num_samples: cache has {meta.get('num_samples')}, this run lists {len(windows)} windows")
+        if diffs:
+            raise CacheError(
+                f"{meta_path}: this cache was written with other settings, so it cannot be resumed:\n  - "
+                + "\n  - ".join(diffs)
+                + "\nRe-run with the original settings, or use a new --out folder."
+            )
+        console.print(f"resuming the cache in {os.path.dirname(meta_path) or '.'}")
+        return meta
+    meta = {
+        "schema_version": layout.SCHEMA_VERSION,
+        "status": "in_progress",
+        "settings": settings,
+        "fingerprint": dict_fingerprint(settings),
+        "num_samples": len(windows),
+        "shard_size": shard_size,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic.write_json(meta_path, meta)
+    return meta
+
+
+def _import_pca(cfg: Config) -> PCA:
+    path = cfg.pca.checkpoint
+    if path.endswith(".safetensors"):
+        return PCA.load(path)
+    return PCA.from_dino_foresight(path, allow_pickle=cfg.pca.allow_pickle)
+
+
+def _fit_pca_pass(ray: Any, actors: list[Any], cfg: Config, windows: Sequence[Window], dim: int) -> tuple[PCA, dict[str, Any], StageTimes]:
+    fit = [w for w in windows if w.clip.split == cfg.pca.fit_split]
+    if not fit:
+        raise CacheError(
+            f"no {cfg.pca.fit_split!r} windows to fit the PCA on; pass an existing PCA with --pca PATH "
+            f"(e.g. another cache's pca.safetensors) or include that split"
+        )
+    if cfg.pca.fit_max_windows and len(fit) > cfg.pca.fit_max_windows:
+        picks = np.linspace(0, len(fit) - 1, cfg.pca.fit_max_windows).round().astype(int)
+        fit = [fit[i] for i in picks]
+    chunks = [list(c) for c in np.array_split(np.arange(len(fit)), min(len(fit), 4 * len(actors))) if len(c)]
+    total = StageTimes()
+    acc = PCAAccumulator(dim)
+    with progress() as bar:
+        task = bar.add_task("pass 1: PCA sums", total=len(chunks), status="")
+        refs = [actors[i % len(actors)].accumulate.remote([fit[j] for j in chunk]) for i, chunk in enumerate(chunks)]
+        parts: dict[int, tuple[dict[str, np.ndarray], StageTimes]] = {}
+        remaining = list(refs)
+        try:
+            while remaining:
+                ready, remaining = ray.wait(remaining, num_returns=1)
+                parts[refs.index(ready[0])] = ray.get(ready[0])
+                bar.update(task, advance=1)
+        except Exception as exc:
+            original = _unwrap(exc)
+            if isinstance(original, InputError):
+                raise CacheError(f"--strict: {original}. Fix or remove that file, or run without --strict.") from None
+            raise original from None
+    for i in range(len(refs)):  # merge in a fixed order: the fit is deterministic
+        state, times = parts[i]
+        acc.merge(PCAAccumulator.from_state_dict(state))
+        total.add(times)
+    if acc.count < cfg.pca.components:
+        raise CacheError(f"only {acc.count} tokens to fit a {cfg.pca.components}-component PCA; add training windows")
+    pca = fit_pca(acc, cfg.pca.components)
+    info = {
+        "source": "fit",
+        "fit_windows": len(fit),
+        "fit_tokens": int(acc.count),
+        "explained_variance_ratio_sum": float(pca.explained_variance_ratio.sum()),
+    }
+    return pca, info, total
+
+
+def _meta_body(cfg, dataset, root, settings, info, pca, pca_info, windows, shard_size, shapes) -> dict[str, Any]:
+    splits: dict[str, int] = {}
+    for w in windows:
+        splits[w.clip.split] = splits.get(w.clip.split, 0) + 1
+    return {
+        "dataset": dataset,
+        "root": str(root),
+        "window": cfg.to_dict()["window"],
+        "feature_frame_indices": cfg.feature_frame_indices,
+        "latent_frames": cfg.latent_frames,
+        "context_latent_frames": cfg.context_latent_frames,
+        "vfm": {
+            "name": cfg.vfm.name,
+            "layers": list(cfg.vfm.layers),
+            "input_height": cfg.vfm.input_height,
+            "input_width": cfg.vfm.input_width,
+            "weights": info["vfm_weights"],
+            "out_channels": info["vfm_channels"],
+            "grid": list(info["grid"]),
+        },
+        "pca": {"components": pca.n_components, "fit_split": cfg.pca.fit_split, "fingerprint": pca.fingerprint, **pca_info},
+        "codec": {
+            "name": cfg.codec.name,
+            "temporal_factor": cfg.codec.temporal_factor,
+            "spatial_factor": cfg.codec.spatial_factor,
+            "channels": info["codec_channels"],
+            "weights": info["codec_weights"],
+        },
+        "num_samples": len(windows),
+        "shard_size": shard_size,
+        "num_shards": (len(windows) + shard_size - 1) // shard_size,
+        "splits": splits,
+        "arrays": {k: [len(windows), *v] for k, v in shapes.items()},
+        "random_weights": RANDOM in (info["vfm_weights"], info["codec_weights"]),
+    }
+
+
+def _finalize(out: str, meta: dict[str, Any], meta_path: str, manifest: pl.DataFrame, total: StageTimes, complete: bool) -> np.ndarray:
+    markers = done_shards(out)
+    status = np.array(["pending"] * len(manifest), dtype=object)
+    for marker in markers.values():
+        for s in marker["samples"]:
+            status[s["sample"]] = s["status"]
+    write_parquet(atomic.join(out, layout.MANIFEST), manifest.with_columns(pl.Series("status", status.astype(str))))
+    failures_path = atomic.join(out, layout.FAILURES)
+    old = read_parquet(failures_path) if atomic.exists(failures_path) else empty_failures()
+    new = pl.DataFrame(total.failures, schema=old.schema) if total.failures else empty_failures()
+    failures = pl.concat([old, new]).unique(subset=["sample_id", "path", "stage"], keep="last", maintain_order=True)
+    write_parquet(failures_path, failures)
+    meta["status"] = "complete" if complete and not (status == "pending").any() else "in_progress"
+    meta["counts"] = {"ok": int((status == "ok").sum()), "failed": int((status == "failed").sum()), "pending": int((status == "pending").sum())}
+    atomic.write_json(meta_path, meta)
+    return status
+
+
+def _warn_random(info: dict[str, Any]) -> None:
+    if info["vfm_weights"] == RANDOM:
+        warn_loud("the VFM has RANDOM weights: features are meaningless for research. Recorded in meta.json.")
+    if info["codec_weights"] == RANDOM:
+        warn_loud("the codec (VAE) has RANDOM weights: latents are meaningless for research. Recorded in meta.json.")

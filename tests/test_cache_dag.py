@@ -1,0 +1,205 @@
+"""End-to-end tests of the caching DAG on Ray (2 workers), resume, locking and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import zarr
+
+from configs.schema import load_config
+from pipeline import layout
+from pipeline.codec import build_codec
+from pipeline.dag import build_cache
+from pipeline.decode import read_frames
+from pipeline.sources import list_clips
+from pipeline.sources.synthetic import write_sample_dataset
+from pipeline.store import CacheError, CacheReader, WriterLock
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = (REPO / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_config("tiny", ["cache.shard_size=2"])
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    write_sample_dataset(root, train=4, val=2, height=64, width=128, seed=3, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def full_cache(tiny, sample_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "full"
+    summary = build_cache(tiny, "synthetic", sample_data, out, workers=2, allow_random_weights=True)
+    return out, summary
+
+
+def _arrays(path):
+    g = zarr.open_group(str(path), mode="r")
+    return {k: g[k][:] for k in (layout.FEATURES, layout.LATENTS, layout.SEGMENTATION, layout.DEPTH)}
+
+
+def test_end_to_end_synthetic(tiny, full_cache, sample_data):
+    out, summary = full_cache
+    assert summary.ok == 6 and summary.failed == 0
+    reader = CacheReader(out)
+    assert reader.complete
+    meta = reader.meta
+    assert meta["random_weights"] is True and meta["vfm"]["weights"] == "random"
+    assert meta["latent_frames"] == tiny.latent_frames == 7
+    assert meta["feature_frame_indices"] == [0, 4, 8, 12, 16, 20, 24]
+    assert meta["splits"] == {"train": 4, "val": 2}
+    feats = reader.array(layout.FEATURES)
+    assert feats.shape == (6, 7, tiny.pca.components, *tiny.token_grid)
+    assert reader.array(layout.LATENTS).shape == (6, 7, tiny.codec.channels, *tiny.latent_hw)
+    assert len(reader.samples("train")) == 4 and len(reader.samples("val")) == 2
+    assert np.isfinite(feats[:].astype(np.float32)).all()
+    # PCA coefficients of the training tokens are centred (the fit saw exactly those tokens)
+    train_feats = feats[: 4].astype(np.float64)
+    assert abs(train_feats.mean()) < 0.05 * train_feats.std()
+    # manifest: frames 3..27 of every snippet, annotated frame 19 at window index 16
+    m = reader.manifest
+    assert m["frame_indices"][0].to_list() == list(range(3, 28))
+    assert set(m["label_index"].to_list()) == {16}
+    assert set(m["status"].to_list()) == {"ok"}
+
+
+def test_pixel_latents_decode_to_the_frames(tiny, full_cache, sample_data):
+    """The pixel codec is lossless: decoding a cached latent gives the window's frames (up to float16)."""
+    out, _ = full_cache
+    reader = CacheReader(out)
+    row = reader.manifest.row(1, named=True)
+    clip = next(c for c in list_clips("synthetic", sample_data, tiny.sources["synthetic"]) if c.clip_id == row["clip_id"])
+    frames = read_frames(clip, row["frame_indices"], tiny.window.height, tiny.window.width)
+    latents = torch.from_numpy(reader.array(layout.LATENTS)[1].astype(np.float32)).permute(1, 0, 2, 3)[None]
+    video = build_codec(tiny.codec).decode(latents)[0]  # [3, T, H, W]
+    expected = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+    assert video.shape == expected.shape
+    assert torch.allclose(video, expected, atol=2e-3)
+
+
+def test_labels_cached(full_cache):
+    out, _ = full_cache
+    seg = zarr.open_group(str(out), mode="r")[layout.SEGMENTATION][:]
+    depth = zarr.open_group(str(out), mode="r")[layout.DEPTH][:]
+    assert set(np.unique(seg)) <= {0, 1, 2, 8, 10, 11, 13, 255}
+    assert (seg != 255).mean() > 0.5 and (depth > 0).mean() > 0.3
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tiny, sample_data, full_cache, tmp_path):
+    out = tmp_path / "resumed"
+    first = build_cache(tiny, "synthetic", sample_data, out, workers=2, allow_random_weights=True, max_shards=1)
+    assert first.ok == 2
+    partial = CacheReader(out)
+    assert not partial.complete and len(partial.samples()) == 2
+    second = build_cache(tiny, "synthetic", sample_data, out, workers=2, allow_random_weights=True)
+    assert second.skipped_shards == 1 and second.ok == 6
+    a, b = _arrays(full_cache[0]), _arrays(out)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_killed_run_leaves_no_complete_partial_sample_and_resumes(tiny, sample_data, full_cache, tmp_path):
+    """SIGKILL the real command once the first shard is done; the rest reads as pending; a re-run completes it."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "cli.py"), "cache", "--dataset", "synthetic", "--root", str(sample_data), "--out", str(out),
+           "--set", "cache.shard_size=2", "--workers", "1", "--allow-random-weights"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    done_dir = out / layout.DONE_DIR
+    while time.time() < deadline and proc.poll() is None:
+        if done_dir.exists() and any(done_dir.iterdir()):
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before it could be killed")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    reader = CacheReader(out)
+    done = len(reader.samples())
+    assert 0 < done < 6 and not reader.complete
+    assert (out / layout.LOCK).exists()  # the dead writer's lock is left behind ...
+    build_cache(tiny, "synthetic", sample_data, out, workers=1, allow_random_weights=True)  # ... and taken over
+    a, b = _arrays(full_cache[0]), _arrays(out)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_second_writer_refused(tiny, sample_data, tmp_path):
+    out = tmp_path / "locked"
+    with WriterLock(str(out), purpose="test"):
+        with pytest.raises(CacheError, match="another writer"):
+            build_cache(tiny, "synthetic", sample_data, out, workers=1, allow_random_weights=True)
+
+
+def test_resume_with_other_config_names_the_differences(tiny, sample_data, tmp_path):
+    out = tmp_path / "mismatch"
+    build_cache(tiny, "synthetic", sample_data, out, workers=1, allow_random_weights=True, max_shards=1)
+    other = load_config("tiny", ["cache.shard_size=2", "pca.components=32", "window.height=32"])
+    with pytest.raises(CacheError) as err:
+        build_cache(other, "synthetic", sample_data, out, workers=1, allow_random_weights=True)
+    msg = str(err.value)
+    assert "pca.components" in msg and "window.height" in msg and "new --out" in msg
+
+
+def test_missing_weights_refused(tiny, sample_data, tmp_path):
+    from pipeline.weights import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match="--allow-random-weights"):
+        build_cache(tiny, "synthetic", sample_data, tmp_path / "noweights", workers=1)
+
+
+def _break_one_frame(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    victim = sorted((dst / "leftImg8bit_sequence" / "val").rglob("*_000010_leftImg8bit.png"))[0]
+    victim.write_bytes(b"")  # zero-byte image
+    return victim
+
+
+def test_bad_input_is_recorded_and_the_rest_completes(tiny, sample_data, tmp_path):
+    data = tmp_path / "data"
+    victim = _break_one_frame(sample_data, data)
+    out = tmp_path / "bad"
+    summary = build_cache(tiny, "synthetic", data, out, workers=2, allow_random_weights=True)
+    assert summary.ok == 5 and summary.failed == 1
+    failures = CacheReader(out).failures()
+    assert len(failures) == 1 and failures["path"][0] == str(victim)
+    assert failures["reason"][0]
+    manifest = pl.read_parquet(out / layout.MANIFEST)
+    assert sorted(manifest["status"].to_list()) == ["failed"] + ["ok"] * 5
+    assert CacheReader(out).complete
+
+
+def test_strict_fails_fast_naming_the_file(tiny, sample_data, tmp_path):
+    data = tmp_path / "data"
+    victim = _break_one_frame(sample_data, data)
+    with pytest.raises(CacheError, match=victim.name):
+        build_cache(tiny, "synthetic", data, tmp_path / "strict", workers=1, allow_random_weights=True, strict=True)
+
+
+@pytest.mark.skipif(not (SHARED / "driving_clips").exists(), reason="../shared/data/driving_clips not present")
+def test_real_clips_on_ray(tmp_path):
+    cfg = load_config("tiny", ["cache.shard_size=2", "sources.videos.stride=30"])
+    out = tmp_path / "clips"
+    summary = build_cache(cfg, "videos", SHARED / "driving_clips", out, workers=2, allow_random_weights=True, limit=2)
+    assert summary.ok == 4 and summary.failed == 0
+    reader = CacheReader(out)
+    assert reader.meta["splits"] == {"train": 2, "val": 2}
+    assert reader.manifest["fps"][0] == pytest.approx(30.0, rel=1e-3)
+    lat = reader.array(layout.LATENTS)[:].astype(np.float32)
+    assert lat.std() > 0.05  # real pixels, not zeros
