@@ -220,16 +220,18 @@ def demo(
 @bench_app.command("pca")
 @_friendly_errors
 def bench_pca(
-    tokens: int = typer.Option(200_000, help="Number of token rows in the matrix."),
+    tokens: int = typer.Option(20_000, help="Number of token rows in the matrix."),
     dim: int = typer.Option(3072, help="Feature dimension (3072 = 4 DINOv2-B layers)."),
     components: int = typer.Option(1152, help="PCA components to keep."),
-    chunk: int = typer.Option(20_000, help="Rows per streamed chunk for our accumulator."),
+    chunk: int = typer.Option(5_000, help="Rows per streamed chunk for our accumulator."),
     seed: int = typer.Option(0, help="Random seed of the synthetic token matrix."),
+    path: Optional[Path] = typer.Option(None, help="A real token matrix (.npy [N, D]) instead of synthetic tokens."),
+    full: Optional[bool] = typer.Option(None, "--full/--no-full", help="Also run scikit-learn's exact full SVD (default: only when small enough)."),
 ) -> None:
     """Our streamed exact PCA vs scikit-learn PCA: time, peak memory, agreement of the top components."""
     from pipeline.bench_pca import run
 
-    run(tokens=tokens, dim=dim, components=components, chunk=chunk, seed=seed)
+    run(tokens=tokens, dim=dim, components=components, chunk=chunk, seed=seed, path=str(path) if path else None, full=full)
 
 
 @bench_app.command("cache")

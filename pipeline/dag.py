@@ -363,10 +363,7 @@ def _open_or_create_meta(meta_path: str, settings: dict[str, Any], windows: Sequ
 
 
 def _import_pca(cfg: Config) -> PCA:
-    path = cfg.pca.checkpoint
-    if path.endswith(".safetensors"):
-        return PCA.load(path)
-    return PCA.from_dino_foresight(path, allow_pickle=cfg.pca.allow_pickle)
+    return PCA.open(cfg.pca.checkpoint, allow_pickle=cfg.pca.allow_pickle)
 
 
 def _fit_pca_pass(ray: Any, actors: list[Any], cfg: Config, windows: Sequence[Window], dim: int) -> tuple[PCA, dict[str, Any], StageTimes]:
