@@ -15,12 +15,19 @@ from typing import Any, Iterator
 import fsspec
 
 
+def local(path: str | os.PathLike) -> str:
+    """`file://` URLs are local paths (so they get atomic renames); every other string is returned unchanged."""
+    p = str(path)
+    return p[len("file://"):] if p.startswith("file://") else p
+
+
 def is_url(path: str | os.PathLike) -> bool:
-    return "://" in str(path)
+    return "://" in local(path)
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:
     """Join path parts for local paths and URLs alike."""
+    base = local(base)
     if is_url(base):
         return "/".join([str(base).rstrip("/"), *parts])
     return str(Path(base).joinpath(*parts))

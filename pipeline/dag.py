@@ -162,7 +162,7 @@ def _init_ray(address: str | None, workers: int) -> Any:
         kwargs: dict[str, Any] = dict(
             include_dashboard=False,
             ignore_reinit_error=True,
-            log_to_driver=True,
+            log_to_driver=False,  # workers only repeat the driver's warnings; their errors come back as exceptions
             logging_level="ERROR",
             runtime_env={"env_vars": env},
         )
@@ -210,7 +210,7 @@ def build_cache(
 ) -> CacheSummary:
     """Build (or resume) the cache of `dataset` at `root` into `out`. `max_shards` > 0 stops early (tests, partial runs)."""
     t_start = time.perf_counter()
-    root, out = str(root), str(out)
+    root, out = str(root), atomic.local(out)
     strict = cfg.cache.strict if strict is None else strict
     settings = cache_settings(cfg, dataset, root)
     listing_failures: list[dict[str, Any]] = []

@@ -206,7 +206,7 @@ class CacheReader:
     """Read-only view of a finished (or partially finished) cache. Only samples of complete shards are served."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = str(root)
+        self.root = atomic.local(root)
         meta_path = atomic.join(self.root, layout.META)
         if not atomic.exists(meta_path):
             raise CacheError(f"{self.root}: no {layout.META}; this is not a Re2Pix cache. Create one with `python cli.py cache`.")
