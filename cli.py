@@ -166,6 +166,8 @@ def train_stage1(
     batch_size: Optional[int] = BatchOpt,
     num_workers: Optional[int] = WorkersOpt,
     mixed_precision: Optional[str] = PrecisionOpt,
+    init: Optional[str] = typer.Option(None, help="Start from DINO-Foresight's dinof_lowres.ckpt / dinof_highres.ckpt or one of our checkpoints."),
+    allow_pickle: bool = typer.Option(False, help="Allow a full unpickle of --init if the safe loader refuses it (runs code from the file)."),
 ) -> None:
     """Train the DINO-Foresight masked feature transformer on the cached PCA features.
 
@@ -175,7 +177,7 @@ def train_stage1(
 
     cfg = _config(config, set_)
     run(cfg, cache or default_cache(cfg), out or str(Path(cfg.paths.root) / "stage1"), resume=_resume(resume), steps=steps,
-        batch_size=batch_size, num_workers=num_workers, mixed_precision=mixed_precision)
+        batch_size=batch_size, num_workers=num_workers, mixed_precision=mixed_precision, init=init, allow_pickle=allow_pickle)
 
 
 @app.command("make-predicted-pool")

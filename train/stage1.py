@@ -69,13 +69,17 @@ def open_stage1_cache(cfg: Config, cache: str) -> CacheReader:
 class Stage1Task:
     """Plugs FeatureForesight into the shared loop."""
 
-    def __init__(self, model_cfg: Stage1ModelConfig, beta: float, context_latent_frames: int):
+    def __init__(self, model_cfg: Stage1ModelConfig, beta: float, context_latent_frames: int, init_state: dict[str, torch.Tensor] | None = None):
         self.model_cfg = model_cfg
         self.beta = beta
         self.context_latent_frames = context_latent_frames
+        self.init_state = init_state  # starting weights (--init); a resumed checkpoint overrides them
 
     def build_model(self) -> nn.Module:
-        return FeatureForesight(self.model_cfg)
+        model = FeatureForesight(self.model_cfg)
+        if self.init_state is not None:
+            model.load_state_dict(self.init_state, strict=True)
+        return model
 
     def model_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self.model_cfg)
@@ -124,8 +128,11 @@ def train_stage1(
     batch_size: int | None = None,
     num_workers: int | None = None,
     mixed_precision: str | None = None,
+    init: str | None = None,
+    allow_pickle: bool = False,
 ) -> TrainResult:
-    """Train Stage 1 on `cache`, writing checkpoints/TensorBoard under `out`. Options override `cfg.stage1.train`."""
+    """Train Stage 1 on `cache`, writing checkpoints/TensorBoard under `out`. Options override `cfg.stage1.train`.
+    `init`: start from a DINO-Foresight .ckpt or one of our checkpoints (train/stage1_init.py)."""
     cfg_train = dataclasses.replace(
         cfg.stage1.train,
         **{k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("num_workers", num_workers), ("mixed_precision", mixed_precision)) if v is not None},
@@ -158,13 +165,19 @@ def train_stage1(
     elif is_main_process():
         console.print(f"{cache} has no 'val' samples: Stage 1 validation is skipped")
 
-    task = Stage1Task(model_cfg, cfg.stage1.smooth_l1_beta, int(meta["context_latent_frames"]))
+    init_state = None
+    if init:
+        from train.stage1_init import initial_state_dict
+
+        init_state = initial_state_dict(init, model_cfg, reader.pca(), allow_pickle=allow_pickle)
+    task = Stage1Task(model_cfg, cfg.stage1.smooth_l1_beta, int(meta["context_latent_frames"]), init_state)
     extra = {
         "random_weights": bool(meta.get("random_weights", False)),
         "vfm_weights": meta["vfm"].get("weights"),
         "pca_fingerprint": meta["pca"].get("fingerprint"),
         "cache": str(cache),
         "stage": "stage1",
+        "init": str(init or ""),
     }
     return run_training(
         task, train_loader, val_loader, cfg_train, cfg.stage1.optim, out,

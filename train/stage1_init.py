@@ -1,0 +1,68 @@
+"""Where a Stage 1 run's starting weights come from: DINO-Foresight's released checkpoints or one of ours.
+
+`dinof_lowres.ckpt` / `dinof_highres.ckpt` are converted (models/foresight_import.py); their position tables are
+resized to our token grid the way DINO-Foresight's own high-resolution adaptation does. Their model works in the
+coordinates of DINO-Foresight's PCA, so the cache should be built with that PCA (`cache --pca
+dinov2_pca_448_l[2_5_8_11]_1152.pth --allow-pickle`); a cache with another PCA is accepted with a loud warning
+(fine-tuning from a foreign feature basis is a legitimate, if odd, experiment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from configs.schema import ConfigError, Stage1ModelConfig
+from models.foresight import FeatureForesight
+from models.foresight_import import load_dino_foresight_checkpoint
+from pipeline.console import warn_loud
+from pipeline.pca import PCA
+
+
+def _check_shape(model_cfg: Stage1ModelConfig, found: dict, source: str) -> None:
+    fields = ("width", "depth", "mlp_ratio", "in_channels", "context_frames")
+    wrong = [f"stage1.model.{f}: checkpoint has {found[f]!r}, this run has {getattr(model_cfg, f)!r}" for f in fields
+             if f in found and found[f] != getattr(model_cfg, f)]
+    if wrong:
+        raise ConfigError(f"{source} does not fit this Stage 1 model: " + "; ".join(wrong) + ". Set those values with --set.")
+
+
+def initial_state_dict(path: str | Path, model_cfg: Stage1ModelConfig, pca: PCA | None = None, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict for `FeatureForesight(model_cfg)` from `path` (our checkpoint folder or a DINO-Foresight .ckpt)."""
+    path = Path(path)
+    if path.is_dir():
+        from train.checkpoint import read_config, read_weights, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(path)
+        found = read_config(ckpt)["model"]
+        state, _ = read_weights(ckpt, prefer_ema=True)
+        source_grid = (found["grid_h"], found["grid_w"])
+        heads = found["heads"]
+    else:
+        state, info = load_dino_foresight_checkpoint(path, heads=model_cfg.heads, allow_pickle=allow_pickle)
+        found = info["model"]
+        source_grid = (found["grid_h"], found["grid_w"])
+        heads = model_cfg.heads
+        _warn_if_other_pca(info.get("pca", {}), pca, path)
+    _check_shape(model_cfg, found, str(path))
+    source = FeatureForesight(dataclasses.replace(model_cfg, heads=heads, grid_h=source_grid[0], grid_w=source_grid[1]))
+    source.load_state_dict(state, strict=True)
+    if source_grid != (model_cfg.grid_h, model_cfg.grid_w):
+        source.resize_grid(model_cfg.grid_h, model_cfg.grid_w)
+    return source.state_dict()
+
+
+def _warn_if_other_pca(found: dict, pca: PCA | None, path: Path) -> None:
+    comps = found.get("pca_components")
+    if pca is None or comps is None:
+        return
+    ours = pca.components.to(torch.float64)
+    theirs = comps.to(torch.float64)
+    same = ours.shape == theirs.shape and torch.allclose(ours.abs(), theirs.abs(), atol=1e-4)
+    if not same:
+        warn_loud(
+            f"{path} was trained in DINO-Foresight's PCA basis, but this cache has its own PCA: the imported model sees "
+            "other coordinates. Build the cache with --pca <DINO-Foresight pca .pth> --allow-pickle to use it as released."
+        )
