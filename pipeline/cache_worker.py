@@ -133,39 +133,56 @@ class CacheWorker:
         bs = max(1, self.cfg.vfm.batch_size)
         return torch.cat([self.vfm(x[i : i + bs]).float() for i in range(0, x.shape[0], bs)])
 
+    def _vfm_batches(self, items: Sequence[tuple[int, np.ndarray]]) -> list[tuple[int, torch.Tensor]]:
+        """VFM over the frames of several windows at once: [(slot, uint8 [T, H, W, 3])] -> [(slot, [T, D, h, w])]."""
+        feats = self._vfm_features(np.concatenate([frames for _, frames in items]))
+        out, i = [], 0
+        for slot, frames in items:
+            out.append((slot, feats[i : i + len(frames)]))
+            i += len(frames)
+        return out
+
     # ------------------------------------------------------------------------------------ pass 1
     def accumulate(self, windows: Sequence[Window]) -> tuple[dict[str, np.ndarray], StageTimes]:
-        """PCA pass: float64 sums of the VFM tokens of the windows' feature frames."""
+        """PCA pass: float64 sums of the VFM tokens of the windows' feature frames (VFM batched across windows)."""
         acc = PCAAccumulator(self.vfm.out_channels)
         times = StageTimes()
-        for window, dec in zip(windows, self._decoded_stream(windows, feature_only=True)):
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            t0 = time.perf_counter()
+            for _, feats in self._vfm_batches(pending):
+                acc.add(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
+            times.vfm += time.perf_counter() - t0
+            pending.clear()
+
+        for j, (window, dec) in enumerate(zip(windows, self._decoded_stream(windows, feature_only=True))):
             times.decode += dec.seconds
             if dec.error is not None:
                 times.failures.append(_failure(-1, window, dec.error, "pca-fit"))
                 continue
-            t0 = time.perf_counter()
-            feats = self._vfm_features(dec.frames)  # [T, D, h, w]
-            acc.add(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
-            times.vfm += time.perf_counter() - t0
+            pending.append((j, dec.frames))
             times.frames += dec.frames.shape[0]
+            if sum(len(f) for _, f in pending) >= self.cfg.vfm.batch_size:
+                flush()
+        if pending:
+            flush()
         return acc.state_dict(), times
 
     # ------------------------------------------------------------------------------------ pass 2
     @torch.no_grad()
-    def encode_window(self, dec: Decoded) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """One decoded window -> (features [Tf, C, h, w], latents [Tl, Cz, H', W']) as float32 numpy."""
-        assert self.pca is not None, "set_pca() must run before pass 2"
-        t0 = time.perf_counter()
-        frames = dec.frames[self.cfg.feature_frame_indices]
-        feats = self.pca.project_maps(self._vfm_features(frames))
-        t1 = time.perf_counter()
-        video = torch.from_numpy(dec.frames).to(self.device).permute(3, 0, 1, 2)[None].float().div_(127.5).sub_(1.0)
-        latents = self._codec().encode(video)[0].permute(1, 0, 2, 3)  # [C, T, H, W] -> [T, C, H, W]
-        t2 = time.perf_counter()
-        return feats.float().cpu().numpy(), latents.float().cpu().numpy(), t1 - t0, t2 - t1
+    def _latents(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 [K, H, W, 3] -> latents [Tl, Cz, H', W']. One window per codec call: the WAN VAE on 25 full frames
+        is memory-bound, so batching windows would only raise peak memory."""
+        video = torch.from_numpy(frames).to(self.device).permute(3, 0, 1, 2)[None].float().div_(127.5).sub_(1.0)
+        return self._codec().encode(video)[0].permute(1, 0, 2, 3).float().cpu().numpy()  # [C, T, H, W] -> [T, C, H, W]
 
     def process_shard(self, root: str, shard: int, rows: Sequence[tuple[int, Window]], shapes: dict[str, tuple[int, ...]]) -> StageTimes:
-        """Compute and write every array of one shard, then its completion marker."""
+        """Compute and write every array of one shard, then its completion marker.
+
+        Decoding runs one window ahead on a thread; the VFM runs on the feature frames of several windows at once
+        (vfm.batch_size frames per call); the codec encodes each window as it arrives."""
+        assert self.pca is not None, "set_pca() must run before pass 2"
         times = StageTimes()
         n = len(rows)
         arrays = {
@@ -175,6 +192,15 @@ class CacheWorker:
             layout.DEPTH: np.full((n, *shapes[layout.DEPTH]), layout.INVALID_DEPTH, np.uint8),
         }
         statuses = []
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            t0 = time.perf_counter()
+            for slot, feats in self._vfm_batches(pending):
+                arrays[layout.FEATURES][slot] = self.pca.project_maps(feats).float().cpu().numpy()
+            times.vfm += time.perf_counter() - t0
+            pending.clear()
+
         windows = [w for _, w in rows]
         for j, ((sample, window), dec) in enumerate(zip(rows, self._decoded_stream(windows, feature_only=False))):
             times.decode += dec.seconds
@@ -182,17 +208,20 @@ class CacheWorker:
                 times.failures.append(_failure(sample, window, dec.error, "decode"))
                 statuses.append({"sample": sample, "status": "failed"})
                 continue
-            feats, lat, t_vfm, t_codec = self.encode_window(dec)
-            arrays[layout.FEATURES][j] = feats
-            arrays[layout.LATENTS][j] = lat
+            pending.append((j, dec.frames[self.cfg.feature_frame_indices]))
+            t0 = time.perf_counter()
+            arrays[layout.LATENTS][j] = self._latents(dec.frames)
+            times.codec += time.perf_counter() - t0
             if dec.segmentation is not None:
                 arrays[layout.SEGMENTATION][j] = dec.segmentation
             if dec.depth is not None:
                 arrays[layout.DEPTH][j] = dec.depth
-            times.vfm += t_vfm
-            times.codec += t_codec
             times.frames += dec.frames.shape[0]
             statuses.append({"sample": sample, "status": "ok"})
+            if sum(len(f) for _, f in pending) >= self.cfg.vfm.batch_size:
+                flush()
+        if pending:
+            flush()
         t0 = time.perf_counter()
         times.bytes = write_shard(root, shard, self.cfg.cache.shard_size, arrays, statuses)
         times.write = time.perf_counter() - t0

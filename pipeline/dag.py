@@ -303,7 +303,10 @@ def build_cache(
         todo = [s for s in range(num_shards) if s not in finished]
         if max_shards > 0:
             todo = todo[:max_shards]
-        rows_of = lambda s: [(i, windows[i]) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]  # noqa: E731
+
+        def rows_of(s: int) -> list[tuple[int, Window]]:
+            return [(i, windows[i]) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
+
         with progress() as bar:
             task = bar.add_task("pass 2: encode + write", total=len(todo), status="")
             pending: dict[Any, int] = {}
