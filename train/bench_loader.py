@@ -60,6 +60,9 @@ def run(cache: str, batch_size: int = 8, workers: int = 2, batches: int = 20, co
     samples = reader.samples(split)
     if len(samples) == 0:
         raise CacheError(f"{cache} has no complete {split!r} samples to read; pass split=None for every split")
+    if batch_size > len(samples):
+        console.print(f"only {len(samples)} {split or 'cached'} windows: batch size lowered from {batch_size} to {len(samples)}")
+        batch_size = len(samples)
     meta = reader.meta
     tf = int(meta["latent_frames"])
     m = int(context_frames or meta["context_latent_frames"])
