@@ -17,8 +17,8 @@ from configs.schema import Config
 from pipeline import atomic, layout
 from pipeline.cache_worker import CacheWorker, StageTimes
 from pipeline.console import console, summary
-from pipeline.dag import build_cache, select_windows
-from pipeline.store import ArraySpec, create_arrays
+from pipeline.dag import array_specs, build_cache, select_windows
+from pipeline.store import create_arrays
 
 
 def _sequential(cfg: Config, dataset: str, root: str, out: str, pca_path: str, limit: int) -> tuple[StageTimes, float]:
@@ -27,15 +27,8 @@ def _sequential(cfg: Config, dataset: str, root: str, out: str, pca_path: str, l
     worker.set_pca(pca_path)
     info = worker.describe()
     windows = select_windows(cfg, dataset, root, ["train", "val"], limit)
-    h, w = info["grid"]
-    lh, lw = cfg.latent_hw
-    shapes = {
-        layout.FEATURES: (cfg.latent_frames, cfg.pca.components, h, w),
-        layout.LATENTS: (cfg.latent_frames, info["codec_channels"], lh, lw),
-        layout.SEGMENTATION: (cfg.window.height, cfg.window.width),
-        layout.DEPTH: (cfg.window.height, cfg.window.width),
-    }
-    specs = [ArraySpec(k, v, cfg.cache.dtype if k in (layout.FEATURES, layout.LATENTS) else "uint8") for k, v in shapes.items()]
+    specs = array_specs(cfg, info)
+    shapes = {spec.name: spec.shape for spec in specs}
     create_arrays(out, len(windows), cfg.cache.shard_size, specs, cfg.cache.compressor, cfg.cache.compression_level)
     total = StageTimes()
     # Pass 1 too, so both runs do the same work (the sums are discarded: the DAG's PCA is reused for equal outputs).

@@ -151,6 +151,19 @@ def _missing_source(dataset: str) -> Any:
     raise CacheError(f"no [sources.{dataset}] settings in the config; add a table with frame_step/stride/start")
 
 
+def array_specs(cfg: Config, info: dict[str, Any]) -> list[ArraySpec]:
+    """The cache's per-sample arrays (layout.py), sized from the config and the built models (`CacheWorker.describe`)."""
+    h, w = info["grid"]
+    lh, lw = cfg.latent_hw
+    frame = (cfg.window.height, cfg.window.width)
+    return [
+        ArraySpec(layout.FEATURES, (cfg.latent_frames, cfg.pca.components, h, w), cfg.cache.dtype),
+        ArraySpec(layout.LATENTS, (cfg.latent_frames, info["codec_channels"], lh, lw), cfg.cache.dtype),
+        ArraySpec(layout.SEGMENTATION, frame, "uint8", layout.IGNORE_LABEL),
+        ArraySpec(layout.DEPTH, frame, "uint8", layout.INVALID_DEPTH),
+    ]
+
+
 # ------------------------------------------------------------------------------------------------- Ray
 
 
@@ -274,27 +287,9 @@ def build_cache(
         ray.get([a.set_pca.remote(pca_path) for a in actors])
 
         # ---------------- arrays
-        h, w = info["grid"]
-        lh, lw = cfg.latent_hw
-        shapes = {
-            layout.FEATURES: (cfg.latent_frames, cfg.pca.components, h, w),
-            layout.LATENTS: (cfg.latent_frames, info["codec_channels"], lh, lw),
-            layout.SEGMENTATION: (cfg.window.height, cfg.window.width),
-            layout.DEPTH: (cfg.window.height, cfg.window.width),
-        }
-        create_arrays(
-            out,
-            n,
-            shard_size,
-            [
-                ArraySpec(layout.FEATURES, shapes[layout.FEATURES], cfg.cache.dtype),
-                ArraySpec(layout.LATENTS, shapes[layout.LATENTS], cfg.cache.dtype),
-                ArraySpec(layout.SEGMENTATION, shapes[layout.SEGMENTATION], "uint8", layout.IGNORE_LABEL),
-                ArraySpec(layout.DEPTH, shapes[layout.DEPTH], "uint8", layout.INVALID_DEPTH),
-            ],
-            cfg.cache.compressor,
-            cfg.cache.compression_level,
-        )
+        specs = array_specs(cfg, info)
+        shapes = {spec.name: spec.shape for spec in specs}
+        create_arrays(out, n, shard_size, specs, cfg.cache.compressor, cfg.cache.compression_level)
         meta.update(_meta_body(cfg, dataset, root, settings, info, pca, pca_info, windows, shard_size, shapes))
         atomic.write_json(meta_path, meta)
 
