@@ -1,0 +1,132 @@
+"""`bench sample`: seconds per predicted clip of Stage 2 sampling, Euler vs multistep, with and without guidance.
+
+A randomly initialised Stage 2 model of the config's shape (latent channels, frames and grid from the codec and window,
+feature channels = PCA components; width/depth/heads overridable) samples one clip's future latents with
+`models.samplers.sample`, exactly as `predict` does. Representation guidance (paper appendix 6.2) runs the full and
+the coarse pass as one batch of 2, so it costs one batched evaluation per step, not two sequential ones. Each cell is
+the median of `repeats` timed clips after `warmup` untimed ones. Weights are random: only the time is meaningful.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import torch
+from rich.table import Table
+
+from configs.schema import Config, load_config
+from models.samplers import SAMPLERS, sample
+from pipeline.console import console, summary
+from train.stage2 import TRAINING_DIFFUSION_FIELDS, Stage2Model, Stage2ModelSpec
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(
+    cfg: Config | str = "tiny",
+    width: int | None = None,
+    depth: int | None = None,
+    heads: int | None = None,
+    steps: int | None = None,
+    samplers: Sequence[str] = SAMPLERS,
+    guidance_weight: float = 0.4,
+    guidance_components: int | None = None,
+    repeats: int = 2,
+    warmup: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time `sample()` for every sampler x {no guidance, guidance}; print a table and return the figures.
+
+    cfg: a Config or preset name (sizes: window, codec, PCA components, stage2.model). steps: sampler steps
+    (default stage2.diffusion.steps). guidance_components: channels of the coarse pass (default the config's, capped
+    at half the feature channels so it is always a real truncation).
+    """
+    cfg = load_config(cfg) if isinstance(cfg, str) else cfg
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown or not samplers:
+        raise ValueError(f"samplers={list(samplers)}: choose from {SAMPLERS}")
+    if guidance_weight <= 0:
+        raise ValueError(f"guidance_weight={guidance_weight} must be > 0 (the guided rows are compared with unguided ones)")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available; use device='cpu'")
+
+    channels = cfg.pca.components
+    model_cfg = dataclasses.replace(
+        cfg.stage2.model, conditioning="features", latent_channels=cfg.codec.channels, feature_channels=channels,
+        **{k: v for k, v in (("width", width), ("depth", depth), ("heads", heads)) if v is not None},
+    )
+    coarse = guidance_components or cfg.stage2.diffusion.guidance_components
+    coarse = max(1, min(coarse, channels // 2))
+    spec = Stage2ModelSpec(dit=model_cfg, diffusion={k: getattr(cfg.stage2.diffusion, k) for k in TRAINING_DIFFUSION_FIELDS})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Stage2Model(spec).to(dev).eval()
+    tf, ctx = cfg.latent_frames, cfg.context_latent_frames
+    (lh, lw), (gh, gw) = cfg.latent_hw, cfg.token_grid
+    shape = (1, cfg.codec.channels, tf, lh, lw)
+    gen = torch.Generator().manual_seed(seed)
+    context = torch.randn(shape, generator=gen).to(dev)
+    features = torch.randn(1, channels, tf, gh, gw, generator=gen).to(dev)
+    cond_mask = torch.zeros(1, tf, device=dev)
+    cond_mask[:, :ctx] = 1
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    n_steps = steps or cfg.stage2.diffusion.steps
+
+    rows: list[dict[str, Any]] = []
+    for method in samplers:
+        for weight in (0.0, guidance_weight):
+            dcfg = dataclasses.replace(
+                cfg.stage2.diffusion, sampler=method, steps=n_steps, guidance_weight=weight, guidance_components=coarse,
+                inference_components=0,
+            )
+            times = []
+            for i in range(warmup + repeats):
+                _sync(dev)
+                tic = time.perf_counter()
+                with torch.no_grad(), autocast:
+                    sample(model.denoiser, shape, context, cond_mask, features, dcfg, generator=torch.Generator().manual_seed(seed + i))
+                _sync(dev)
+                if i >= warmup:
+                    times.append(time.perf_counter() - tic)
+            rows.append({
+                "sampler": method, "guidance_weight": weight, "guidance_components": coarse if weight > 0 else None,
+                "evaluations": n_steps + 1, "batch_per_evaluation": 2 if weight > 0 else 1,
+                "seconds_per_clip": statistics.median(times),
+            })
+    base = rows[0]["seconds_per_clip"]
+    for row in rows:
+        row["relative"] = row["seconds_per_clip"] / base
+
+    table = Table(title=f"Stage 2 sampling, one clip: {tf} latent frames of {cfg.codec.channels}x{lh}x{lw}, "
+                        f"DiT width {model_cfg.width} depth {model_cfg.depth}, {n_steps} steps, {dev.type}")
+    for name in ("sampler", "guidance", "evaluations", "batch / eval", "s / clip", "relative"):
+        table.add_column(name, justify="right")
+    for row in rows:
+        guidance = f"w={row['guidance_weight']:g}, c={row['guidance_components']}" if row["guidance_weight"] > 0 else "off"
+        table.add_row(row["sampler"], guidance, str(row["evaluations"]), str(row["batch_per_evaluation"]),
+                      f"{row['seconds_per_clip']:.3f}", f"{row['relative']:.2f}x")
+    console.print(table)
+    console.print("Random weights: only the time is meaningful. Guidance batches its two passes (appendix 6.2).")
+    result = {
+        "device": str(dev), "steps": n_steps, "width": model_cfg.width, "depth": model_cfg.depth, "heads": model_cfg.heads,
+        "latent_shape": list(shape), "feature_shape": [1, channels, tf, gh, gw], "rows": rows,
+    }
+    for row in rows:  # guided vs unguided with the same sampler
+        plain = next(r for r in rows if r["sampler"] == row["sampler"] and r["guidance_weight"] == 0)
+        row["guidance_cost"] = row["seconds_per_clip"] / plain["seconds_per_clip"]
+    summary("bench sample: " + ", ".join(
+        f"{r['sampler']} {r['seconds_per_clip']:.3f} s/clip" + (f" guided ({r['guidance_cost']:.2f}x)" if r["guidance_weight"] > 0 else "")
+        for r in rows
+    ))
+    return result
