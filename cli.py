@@ -200,6 +200,68 @@ def make_predicted_pool(
         device=device, overwrite=overwrite)
 
 
+# ------------------------------------------------------------------------------------------ stage 2
+
+
+@app.command("train-stage2")
+@_friendly_errors
+def train_stage2(
+    cache: Optional[str] = CacheOpt,
+    out: Optional[str] = typer.Option(None, help="Run folder for checkpoints and TensorBoard logs (default: <paths.root>/stage2)."),
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    resume: Optional[str] = ResumeOpt,
+    steps: Optional[int] = StepsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    num_workers: Optional[int] = WorkersOpt,
+    mixed_precision: Optional[str] = PrecisionOpt,
+) -> None:
+    """Train the Stage 2 video DiT conditioned on the cached features (Re2Pix).
+
+    Baselines are the same trainer with another config: --set stage2.model.conditioning=none (plain diffusion),
+    plus --set stage2.alignment=repa or videorepa; a deeper DiT (--set stage2.model.depth=28) is Baseline-Large.
+    Mixed supervision reads the pool: run make-predicted-pool first (or --set stage2.mixed_supervision_prob=0).
+    Several GPUs or nodes: `accelerate launch --num_processes N cli.py train-stage2 ...`.
+    """
+    from train.stage2 import train_stage2 as run
+
+    cfg = _config(config, set_)
+    run(cfg, cache or default_cache(cfg), out or str(Path(cfg.paths.root) / "stage2"), resume=_resume(resume), steps=steps,
+        batch_size=batch_size, num_workers=num_workers, mixed_precision=mixed_precision)
+
+
+@app.command("predict")
+@_friendly_errors
+def predict(
+    input: Path = typer.Option(..., "--input", help="A video file or a folder of frames (the first window.frames are used; at least window.context_frames)."),
+    stage1: str = typer.Option(..., "--stage1", help="Stage 1 checkpoint or run folder."),
+    stage2: str = typer.Option(..., "--stage2", help="Stage 2 checkpoint or run folder."),
+    out: Path = typer.Option(Path("runs/predict"), "--out", help="Output folder for the videos, grid, tensors and predict.json."),
+    samples: int = typer.Option(1, help="Independent samples to draw (seeded: sample i is the same whatever the count)."),
+    cache: Optional[str] = typer.Option(None, help="The cache the checkpoints were trained on (default: the one they record); gives the PCA, VFM and codec settings."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    seed: int = typer.Option(0, help="Random seed of the sampler."),
+    guidance_weight: Optional[float] = typer.Option(None, help="Representation guidance weight w (paper appendix 6.2); 0 = off."),
+    guidance_components: Optional[int] = typer.Option(None, help="Feature channels c of the coarse guidance pass."),
+    inference_components: Optional[int] = typer.Option(None, help="Use only the first c feature channels (paper Table 5)."),
+    sampler: Optional[str] = typer.Option(None, help="multistep (Cosmos 2nd order) or euler."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps on the Karras schedule."),
+    vfm_weights: Optional[str] = typer.Option(None, help="VFM weights file, if it moved since the cache was built."),
+    vae_weights: Optional[str] = typer.Option(None, help="VAE weights, if they moved since the cache was built."),
+    allow_random_weights: bool = RandomOpt,
+) -> None:
+    """The whole hierarchy on one clip: frames -> VFM -> PCA -> Stage 1 rollout -> Stage 2 sampling -> decode.
+
+    Writes prediction.mp4, side_by_side.mp4 (when the clip is long enough for the truth), grid.png (context | truth |
+    prediction | PCA-coloured predicted features) and tensors.safetensors.
+    """
+    from eval.predict import predict as run
+
+    run(stage1, stage2, input, out, samples=samples, cache=cache, device=device, seed=seed, guidance_weight=guidance_weight,
+        guidance_components=guidance_components, inference_components=inference_components, sampler=sampler, steps=steps,
+        allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights)
+
+
 @app.command("demo")
 @_friendly_errors
 def demo(
@@ -311,6 +373,28 @@ def bench_stage1(
     from train.bench_stage1 import run
 
     run(config, batch_size=batch_size, steps=steps, warmup=warmup, device=device, overrides=set_)
+
+
+@bench_app.command("sample")
+@_friendly_errors
+def bench_sample(
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    width: Optional[int] = typer.Option(None, help="DiT width (default: the config's)."),
+    depth: Optional[int] = typer.Option(None, help="DiT blocks (default: the config's)."),
+    heads: Optional[int] = typer.Option(None, help="DiT heads (default: the config's)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the config's)."),
+    guidance_weight: float = typer.Option(0.4, help="Guidance weight for the guided rows."),
+    guidance_components: Optional[int] = typer.Option(None, help="Channels of the coarse guidance pass (default: the config's)."),
+    repeats: int = typer.Option(2, help="Timed repetitions."),
+    warmup: int = typer.Option(1, help="Warm-up repetitions."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Seconds per predicted clip: Euler vs multistep, with and without representation guidance (two passes as one batch)."""
+    from eval.bench_sample import run
+
+    run(_config(config, set_), width=width, depth=depth, heads=heads, steps=steps, guidance_weight=guidance_weight,
+        guidance_components=guidance_components, repeats=repeats, warmup=warmup, device=device)
 
 
 def main() -> None:
