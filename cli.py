@@ -262,6 +262,72 @@ def predict(
         allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights)
 
 
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+@app.command("train-heads")
+@_friendly_errors
+def train_heads(
+    cache: Optional[str] = CacheOpt,
+    out: Optional[str] = typer.Option(None, help="Folder for the segmentation/ and depth/ runs (default: <paths.root>/heads)."),
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    resume: Optional[str] = ResumeOpt,
+    steps: Optional[int] = StepsOpt,
+    batch_size: Optional[int] = BatchOpt,
+    num_workers: Optional[int] = WorkersOpt,
+    mixed_precision: Optional[str] = PrecisionOpt,
+    task: Optional[list[str]] = typer.Option(None, help="segmentation and/or depth (repeatable; default: both)."),
+) -> None:
+    """Train the DPT segmentation (19 classes) and depth (256 bins) heads on the PCA-reconstructed VFM features of the
+    labelled frame of every training window."""
+    from train.heads import HEAD_TASKS, train_heads as run
+
+    cfg = _config(config, set_)
+    run(cfg, cache or default_cache(cfg), out or str(Path(cfg.paths.root) / "heads"), resume=_resume(resume), steps=steps,
+        batch_size=batch_size, num_workers=num_workers, mixed_precision=mixed_precision, tasks=tuple(task or HEAD_TASKS))
+
+
+@app.command("evaluate")
+@_friendly_errors
+def evaluate(
+    cache: Optional[str] = CacheOpt,
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    heads: Optional[str] = typer.Option(None, help="The train-heads output folder (default: <paths.root>/heads)."),
+    stage1: Optional[str] = typer.Option(None, "--stage1", help="Stage 1 checkpoint or run folder (default: <paths.root>/stage1)."),
+    stage2: Optional[list[str]] = typer.Option(None, "--stage2", help="NAME=PATH of a Stage 2 run, repeatable, e.g. --stage2 Re2Pix=runs/tiny/stage2 --stage2 Baseline=runs/tiny/baseline."),
+    out: Optional[str] = typer.Option(None, help="Output folder (default: <paths.root>/eval)."),
+    samples: Optional[int] = typer.Option(None, help="Independent samples per generative row; > 1 reports mean ± std (appendix 6.1)."),
+    components: Optional[int] = typer.Option(None, help="Feature channels used at inference (paper Table 5)."),
+    guidance_weight: Optional[float] = typer.Option(None, help="Representation guidance weight w (Tables 8-9)."),
+    guidance_components: Optional[int] = typer.Option(None, help="Channels c of the coarse guidance pass (Tables 8-9)."),
+    sampling_steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the config's)."),
+    baseline: Optional[str] = typer.Option(None, help="Row name the deltas are computed against (default: the run trained without features)."),
+    all_checkpoints: bool = typer.Option(False, help="Evaluate every saved checkpoint of each run: metric-vs-step curves (Figure 3)."),
+    limit: int = typer.Option(0, help="Evaluate at most this many validation windows (0: all)."),
+    fid_weights: Optional[str] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (FID Inception)."),
+    fvd_weights: Optional[str] = typer.Option(None, "--fvd-weights", help="i3d_torchscript.pt (StyleGAN-V) or i3d_pretrained_400.pt (FVD I3D)."),
+    allow_random_metric_weights: bool = typer.Option(False, "--allow-random-metric-weights", help="Run FID/FVD with random networks (every report says so)."),
+    allow_random_weights: bool = RandomOpt,
+    truth: str = typer.Option("auto", help="Ground-truth frames: auto (decode the cached latents for the lossless pixel codec, else the source frames) | latents | frames."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """The paper's protocol on the cache's validation split: metrics.json, report.md, plots and qualitative grids."""
+    from eval.evaluate import evaluate as run
+
+    cfg = _config(config, set_, {"eval.fid_weights": fid_weights, "eval.fvd_weights": fvd_weights})
+    root = Path(cfg.paths.root)
+    runs = {}
+    for item in stage2 or [str(root / "stage2")]:
+        name, _, path = item.rpartition("=")
+        runs[name or "Re2Pix"] = path
+    run(cfg, cache or default_cache(cfg), heads or str(root / "heads"), stage1 or str(root / "stage1"), runs, out or str(root / "eval"),
+        samples=samples, components=components, guidance_weight=guidance_weight, guidance_components=guidance_components,
+        all_checkpoints=all_checkpoints, allow_random_metric_weights=allow_random_metric_weights, limit=limit, baseline=baseline,
+        sampling_steps=sampling_steps, allow_random_weights=allow_random_weights, truth=truth, device=device)
+
+
 @app.command("demo")
 @_friendly_errors
 def demo(

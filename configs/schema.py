@@ -257,6 +257,7 @@ class HeadsConfig:
     out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])
     num_classes: int = 19
     depth_bins: int = 256
+    depth_schedule: str = "cosine"  # paper 9.3: polynomial (linear) for segmentation, cosine for depth
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2300, batch_size=16, ckpt_every=1000))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=1.6e-3, betas=[0.9, 0.999], weight_decay=1e-4, schedule="linear", warmup_steps=230)

@@ -23,10 +23,12 @@ class DemoResult:
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {v:.0f}s" for k, v in self.steps.items())
-        return f"demo: done in {self.seconds:.0f} s ({parts}) -> {self.root}"
+        return f"demo: done in {self.seconds:.0f} s ({parts}); report: {self.outputs.get('report', self.root)}"
 
 
-def run_demo(cfg: Config, root: Path | None = None, *, train_snippets: int = 24, val_snippets: int = 8, workers: int = 0) -> DemoResult:
+def run_demo(
+    cfg: Config, root: Path | None = None, *, train_snippets: int = 24, val_snippets: int = 8, workers: int = 0, eval_windows: int = 4
+) -> DemoResult:
     from pipeline.dag import build_cache
     from pipeline.sources.synthetic import write_sample_dataset
 
@@ -65,5 +67,72 @@ def run_demo(cfg: Config, root: Path | None = None, *, train_snippets: int = 24,
     make_predicted_pool(str(cache), str(stage1))
     result.steps["pool"] = time.perf_counter() - t
 
+    from train.stage2 import train_stage2
+
+    stage2 = root / "stage2"
+    t = step("5. train-stage2 (Re2Pix: early fusion, nested dropout, 90/10 mixed supervision)")
+    train_stage2(cfg, str(cache), str(stage2), resume=True)
+    result.steps["stage2"] = time.perf_counter() - t
+    result.outputs["stage2"] = str(stage2)
+
+    baseline = root / "baseline"
+    t = step("6. train-stage2 --set stage2.model.conditioning=none (the plain diffusion baseline)")
+    train_stage2(baseline_config(cfg), str(cache), str(baseline), resume=True)
+    result.steps["baseline"] = time.perf_counter() - t
+    result.outputs["baseline"] = str(baseline)
+
+    from eval.predict import predict
+
+    t = step("7. predict (the whole hierarchy on one validation clip)")
+    clip = first_val_clip(data)
+    predict(str(stage1), str(stage2), clip, root / "predict", cache=str(cache), allow_random_weights=True)
+    result.steps["predict"] = time.perf_counter() - t
+    result.outputs["predict"] = str(root / "predict")
+
+    from eval.evaluate import evaluate
+    from train.heads import train_heads
+
+    heads = root / "heads"
+    t = step("8. train-heads (DPT segmentation and depth heads on the labelled frames)")
+    train_heads(cfg, str(cache), str(heads), resume=True)
+    result.steps["heads"] = time.perf_counter() - t
+
+    t = step("9. evaluate (Re2Pix vs the baseline, Stage 1, copy-last; FID/FVD with RANDOM metric networks)")
+    report = evaluate(cfg, str(cache), str(heads), str(stage1), {"Re2Pix": str(stage2), "Baseline": str(baseline)}, str(root / "eval"),
+                      allow_random_metric_weights=True, allow_random_weights=True, limit=eval_windows)
+    result.steps["evaluate"] = time.perf_counter() - t
+    result.outputs["report"] = report["files"]["report"]
+
     result.seconds = time.perf_counter() - t_all
     return result
+
+
+def baseline_config(cfg: Config) -> Config:
+    """The plain diffusion baseline: the same DiT and training, no semantic features (so no pool either)."""
+    from configs.schema import config_from_dict
+
+    data = cfg.to_dict()
+    data["stage2"]["model"]["conditioning"] = "none"
+    data["stage2"]["mixed_supervision_prob"] = 0.0
+    data["stage2"]["nested_dropout"] = False
+    return config_from_dict(data).validate()
+
+
+def first_val_clip(data: Path) -> Path:
+    """A folder holding exactly one validation snippet's frames (predict reads the first K frames of a folder)."""
+    import shutil
+
+    frames = sorted((data / "leftImg8bit_sequence" / "val").rglob("*_leftImg8bit.png"))
+    if not frames:
+        raise FileNotFoundError(f"{data}: no validation frames to predict")
+    snippet = frames[0].name.rsplit("_", 2)[0]  # city_seq
+    clip = data.parent / "predict-input"
+    if not clip.exists():
+        tmp = data.parent / ".predict-input.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in frames:
+            if f.name.startswith(snippet + "_"):
+                shutil.copy(f, tmp / f.name)
+        tmp.rename(clip)
+    return clip

@@ -10,9 +10,10 @@ do (StyleGAN-V divides by N; the difference is O(1/N) and negligible at the usua
 
     FD = |μ₁ − μ₂|² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½)
 
-The matrix square root is `scipy.linalg.sqrtm`. As in pytorch-fid: when it returns non-finite values (a
-near-singular product, typically fewer samples than dimensions) it is retried once with eps = 1e-6 added to
-both diagonals; a tiny imaginary part from round-off is dropped (the real part is kept), a large one raises.
+The trace of the matrix square root is computed from symmetric eigendecompositions (`trace_sqrt_product`), which
+equals pytorch-fid's `scipy.linalg.sqrtm` route in exact arithmetic, is several times faster at 2048-d, and cannot
+produce the complex round-off that route has to discard; singular covariances (fewer samples than dimensions) are
+handled without a retry.
 """
 
 from __future__ import annotations
@@ -21,11 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg
-
-SQRTM_RETRY_EPS = 1e-6
-# Largest |imaginary| component of sqrtm(Σ₁Σ₂) still treated as round-off (pytorch-fid uses the same bound).
-MAX_IMAGINARY = 1e-3
 
 
 class FeatureStats:
@@ -99,19 +95,20 @@ def frechet_distance_from_moments(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.n
             f"frechet_distance: shapes do not match (mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape})"
         )
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * SQRTM_RETRY_EPS
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        largest_imag = np.max(np.abs(covmean.imag))
-        if largest_imag > MAX_IMAGINARY:
-            raise ValueError(
-                f"frechet_distance: sqrtm(Σ₁Σ₂) has an imaginary component of {largest_imag:.3g}; the covariances "
-                f"are badly conditioned (use more samples than feature dimensions)"
-            )
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr(sqrt(Σ₁Σ₂)) for covariance (symmetric PSD) matrices.
+
+    Σ₁Σ₂ is similar to A Σ₂ A with A = Σ₁^½, which is symmetric PSD, so the trace is the sum of the square roots of
+    its (real, non-negative) eigenvalues. Two `eigh` calls instead of scipy's `sqrtm` of a non-symmetric product:
+    several times faster at 2048-d, never complex, and exact up to rounding (tiny negative eigenvalues from rounding
+    are clipped to 0)."""
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = root @ sigma2 @ root
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum())
 
 
 def frechet_distance(stats_a: FeatureStats, stats_b: FeatureStats) -> float:
