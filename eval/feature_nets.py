@@ -144,6 +144,22 @@ class FIDFeatureExtractor(nn.Module):
         return self.net(to_uint8(images, value_range).to(device)).float()
 
 
+def variance_preserving_init(net: nn.Module) -> nn.Module:
+    """Re-initialise a random metric network so its features depend on the input.
+
+    Both architectures' own initialisations are made for training (BatchNorm normalises batch statistics); in eval
+    mode the BatchNorm layers keep their default running statistics (mean 0, var 1), activations shrink layer after
+    layer and every clip maps to (nearly) the same feature vector, so FID/FVD come out as ~0 for anything. Kaiming
+    (fan-in, ReLU) weights keep the activation scale through the depth, so the random features at least vary with
+    the input. The numbers stay meaningless for research; this only keeps the plumbing honest."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
 def build_fid_extractor(
     weights: str, allow_random: bool = False, device: str | torch.device = "cpu", seed: int = 0
 ) -> FIDFeatureExtractor:
@@ -152,7 +168,7 @@ def build_fid_extractor(
     path = _resolve(weights, allow_random, what, "--fid-weights", [(FID_WEIGHTS_FILE, FID_WEIGHTS_URL)])
     if path is None:
         with seeded(seed):
-            net = FIDInceptionV3()
+            net = variance_preserving_init(FIDInceptionV3())
         tag = RANDOM
     else:
         if is_torchscript_archive(path):
@@ -211,7 +227,7 @@ def build_fvd_extractor(
     path = _resolve(weights, allow_random, what, "--fvd-weights", files)
     if path is None:
         with seeded(seed):
-            net: nn.Module = InceptionI3d(num_classes=FVD_FEATURE_DIM)
+            net: nn.Module = variance_preserving_init(InceptionI3d(num_classes=FVD_FEATURE_DIM))
         extractor = FVDFeatureExtractor(net, RANDOM, torchscript=False)
     elif is_torchscript_archive(path):
         try:

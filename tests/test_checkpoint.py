@@ -15,15 +15,6 @@ from train import checkpoint as ckpt
 from train.stage1 import build_stage1_model, train_stage1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run many times faster without oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Tiny(nn.Module):
     def __init__(self, width: int):
         super().__init__()

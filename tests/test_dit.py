@@ -13,15 +13,6 @@ from configs.schema import DiTConfig, load_config
 from models.dit import VideoDiT, noise_sinusoid, patchify, state_dict_from_diffusers_cosmos, unpatchify
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: one thread is faster than two contended ones on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_cfg(**overrides) -> DiTConfig:
     base = dict(width=48, depth=2, heads=2, adaln_lora_dim=8, latent_channels=4, feature_channels=6)
     base.update(overrides)

@@ -83,8 +83,6 @@ def setup(tmp_path_factory):
     from pipeline.dag import build_cache
     from pipeline.sources.synthetic import write_sample_dataset
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evaluate")
     data, cache = root / "data", str(root / "cache")
     write_sample_dataset(data, train=3, val=2, height=64, width=128)
@@ -94,31 +92,19 @@ def setup(tmp_path_factory):
     train_stage1(cfg, cache, str(root / "stage1"), steps=2)
     train_stage2(cfg, cache, str(root / "re2pix"), steps=2)
     train_stage2(load_config("tiny", {**TRAIN, "stage2.model.conditioning": "none"}), cache, str(root / "baseline"), steps=2)
-    torch.set_num_threads(before)
     return {"root": root, "data": data, "cache": cache, "cfg": cfg, "heads": str(root / "heads"), "stage1": str(root / "stage1"),
             "runs": {"Re2Pix": str(root / "re2pix"), "Baseline": str(root / "baseline")}}
 
 
 @pytest.fixture(scope="module")
 def evaluation(setup):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     calls: list = []
     out = setup["root"] / "eval"
     with pytest.MonkeyPatch.context() as mp:
         _tiny_builders(mp, calls)
         results = evaluate(setup["cfg"], setup["cache"], setup["heads"], setup["stage1"], setup["runs"], str(out), samples=2,
                            all_checkpoints=True, allow_random_metric_weights=True, allow_random_weights=True, sampling_steps=2)
-    torch.set_num_threads(before)
     return out, results, calls
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_every_row_and_metric(evaluation):

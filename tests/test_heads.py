@@ -41,14 +41,6 @@ def cache(tmp_path_factory):
     return str(root / "cache")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(**extra):
     base = {"heads.train.batch_size": 3, "heads.train.log_every": 100, "heads.train.ckpt_every": 0,
             "heads.optim.warmup_steps": 0, "heads.optim.lr": 1e-2}

@@ -18,14 +18,6 @@ from train.optim import build_optimizer, build_schedule, scaled_lr, schedule_fac
 from train.stage1 import train_stage1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run many times faster without oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # ---------------------------------------------------------------------------------- optimizer, schedule
 
 

@@ -22,14 +22,6 @@ from train.pool import in_pool, make_predicted_pool
 SPLITS = ["train", "train", "val", "train", "train", "train", "train", "val", "train", "train"]  # 10 windows, 3 shards
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _stage1_checkpoint(out, seed: int, in_channels: int = 8, pca_fingerprint: str = "test-pca-fp") -> tuple[str, FeatureForesight]:
     """A Stage 1 checkpoint as train/loop.py writes it, with a random (non-zero) head so predictions vary."""
     torch.manual_seed(seed)

@@ -25,14 +25,6 @@ from train import checkpoint as ckpt
 STEPS = 3  # sampler steps: enough to exercise the multistep path, cheap on CPU
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny synthetic set -> the real cache DAG (random VFM, pixel codec) -> a few steps of Stage 1 and Stage 2."""

@@ -14,15 +14,6 @@ from tests.cache_fixtures import make_cache, tiny_stage1_overrides
 from train.stage1 import Stage1Task, train_stage1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run many times faster without oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_tiny_model_overfits_a_tiny_batch(tmp_path):
     # Two windows = 6 sub-windows = one batch, seen every step; a smooth signal so the target is learnable.
     rng = np.random.default_rng(0)

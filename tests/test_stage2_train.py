@@ -32,15 +32,6 @@ LATENT_CHANNELS, LATENT_HW, PATCH = 3, (8, 12), 2
 CHANNELS = LATENT_CHANNELS * PATCH * PATCH  # features = the patchified latents: x0 is a linear function of them
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run many times faster without oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def overrides(**extra):
     """A tiny Stage 2 run on the fixture cache (12 feature channels, 3 latent channels, 8x12 latents)."""
     base = {
