@@ -290,3 +290,37 @@ class CacheReader:
                 problems.append(f"{key}: cache has {node!r}, expected {want!r}")
         if problems:
             raise CacheError(f"{self.root} does not match: " + "; ".join(problems))
+
+
+def open_complete_cache(cache: str, expected: dict[str, Any]) -> CacheReader:
+    """A trainer's view of its cache: refused unless complete and matching `expected` (dotted meta keys), naming
+    every mismatch. Each trainer passes the fields its model depends on (see `cache_expectations`)."""
+    reader = CacheReader(cache)
+    if not reader.complete:
+        raise CacheError(
+            f"{cache}: meta.json status is {reader.meta.get('status')!r}, not 'complete'; finish it first "
+            "(re-run `python cli.py cache` with the same --out, it resumes)"
+        )
+    reader.require(**expected)
+    return reader
+
+
+def cache_expectations(cfg: Any, *, window: bool = True, codec: bool = False) -> dict[str, Any]:
+    """The meta fields a config fixes: VFM always; the window/PCA layout for the forecasting stages; the codec for
+    Stage 2."""
+    out: dict[str, Any] = {"vfm.name": cfg.vfm.name, "vfm.layers": list(cfg.vfm.layers)}
+    if window:
+        out.update({
+            "pca.components": cfg.pca.components,
+            "feature_frame_indices": cfg.feature_frame_indices,
+            "context_latent_frames": cfg.context_latent_frames,
+            "window.frames": cfg.window.frames,
+            "window.context_frames": cfg.window.context_frames,
+        })
+    if codec:
+        out.update({
+            "codec.name": cfg.codec.name,
+            "codec.temporal_factor": cfg.codec.temporal_factor,
+            "codec.spatial_factor": cfg.codec.spatial_factor,
+        })
+    return out

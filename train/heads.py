@@ -51,7 +51,7 @@ from models.dpt import (
 from pipeline import atomic, layout
 from pipeline.console import console
 from pipeline.pca import PCA
-from pipeline.store import CacheError, CacheReader
+from pipeline.store import CacheError, CacheReader, cache_expectations, open_complete_cache
 from train.data import LoaderRequest, _LazyGroup, training_loader, validation_loader
 from train.loop import TrainResult, is_main_process, run_training
 
@@ -240,14 +240,7 @@ class HeadTask:
 
 def open_heads_cache(cfg: Config, cache: str) -> CacheReader:
     """The cache, refused unless complete and made with this config's VFM layers."""
-    reader = CacheReader(cache)
-    if not reader.complete:
-        raise CacheError(
-            f"{cache}: meta.json status is {reader.meta.get('status')!r}, not 'complete'; finish it first "
-            "(re-run `python cli.py cache` with the same --out, it resumes)"
-        )
-    reader.require(**{"vfm.name": cfg.vfm.name, "vfm.layers": list(cfg.vfm.layers)})
-    return reader
+    return open_complete_cache(cache, cache_expectations(cfg, window=False))
 
 
 def head_schedules(cfg: Config) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from configs.schema import Config, ConfigError, Stage1ModelConfig
 from models.foresight import FeatureForesight
 from models.rollout import rollout
 from pipeline.console import console
-from pipeline.store import CacheError, CacheReader
+from pipeline.store import CacheError, CacheReader, cache_expectations, open_complete_cache
 from train.data import LoaderRequest, Stage1SubWindows, WindowSamples, training_loader, validation_loader
 from train.loop import TrainResult, is_main_process, run_training
 
@@ -46,24 +46,7 @@ def build_stage1_model(model_config: dict[str, Any]) -> FeatureForesight:
 
 def open_stage1_cache(cfg: Config, cache: str) -> CacheReader:
     """Open the cache and refuse it, naming every field, unless it was made for this config and is complete."""
-    reader = CacheReader(cache)
-    if not reader.complete:
-        raise CacheError(
-            f"{cache}: meta.json status is {reader.meta.get('status')!r}, not 'complete'; finish it first "
-            "(re-run `python cli.py cache` with the same --out, it resumes)"
-        )
-    reader.require(
-        **{
-            "pca.components": cfg.pca.components,
-            "feature_frame_indices": cfg.feature_frame_indices,
-            "context_latent_frames": cfg.context_latent_frames,
-            "window.frames": cfg.window.frames,
-            "window.context_frames": cfg.window.context_frames,
-            "vfm.name": cfg.vfm.name,
-            "vfm.layers": list(cfg.vfm.layers),
-        }
-    )
-    return reader
+    return open_complete_cache(cache, cache_expectations(cfg))
 
 
 class Stage1Task:

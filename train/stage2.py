@@ -42,7 +42,7 @@ from models.diffusion import Denoiser, diffusion_loss, loss_weight
 from models.dit import VideoDiT
 from pipeline import layout
 from pipeline.console import console, warn_loud
-from pipeline.store import CacheError, CacheReader
+from pipeline.store import CacheError, CacheReader, cache_expectations, open_complete_cache
 from train.data import LoaderRequest, WindowSamples, training_loader, validation_loader
 from train.loop import TrainResult, is_main_process, run_training
 
@@ -194,27 +194,7 @@ def build_stage2_model(model_config: dict[str, Any]) -> Stage2Model:
 
 def open_stage2_cache(cfg: Config, cache: str) -> CacheReader:
     """Open the cache and refuse it, naming every field, unless it was made for this config and is complete."""
-    reader = CacheReader(cache)
-    if not reader.complete:
-        raise CacheError(
-            f"{cache}: meta.json status is {reader.meta.get('status')!r}, not 'complete'; finish it first "
-            "(re-run `python cli.py cache` with the same --out, it resumes)"
-        )
-    reader.require(
-        **{
-            "pca.components": cfg.pca.components,
-            "feature_frame_indices": cfg.feature_frame_indices,
-            "context_latent_frames": cfg.context_latent_frames,
-            "window.frames": cfg.window.frames,
-            "window.context_frames": cfg.window.context_frames,
-            "vfm.name": cfg.vfm.name,
-            "vfm.layers": list(cfg.vfm.layers),
-            "codec.name": cfg.codec.name,
-            "codec.temporal_factor": cfg.codec.temporal_factor,
-            "codec.spatial_factor": cfg.codec.spatial_factor,
-        }
-    )
-    return reader
+    return open_complete_cache(cache, cache_expectations(cfg, codec=True))
 
 
 def _check_arrays(reader: CacheReader, spec: Stage2ModelSpec) -> None:
