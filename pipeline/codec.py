@@ -12,13 +12,15 @@ Implementations: `pipeline.codec_wan.WanCodec` (the WAN2.1 VAE) and `pipeline.co
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
 from configs.schema import CodecConfig
 
 
-class Codec(nn.Module):
+class Codec(nn.Module, abc.ABC):
     """Frozen video codec. Subclasses set the attributes below and implement `encode` / `decode`."""
 
     name: str
@@ -27,13 +29,13 @@ class Codec(nn.Module):
     spatial_factor: int
     weights: str  # "random" | "file:<sha16>" | "lossless"
 
+    @abc.abstractmethod
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """video float [B, 3, T, H, W] in [-1, 1], T = 1 + r·k -> latents [B, C, 1 + k, H/s, W/s] (float32)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, C, 1 + k, h, w] -> video [B, 3, 1 + r·k, h·s, w·s] in [-1, 1]."""
-        raise NotImplementedError
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Round trip decode(encode(video)); handy for reconstruction checks."""
