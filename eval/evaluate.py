@@ -53,8 +53,8 @@ from configs.schema import Config, config_from_dict
 from eval.feature_nets import FVD_MIN_FRAMES, build_fid_extractor, build_fvd_extractor
 from eval.frechet import FeatureStats, frechet_distance
 from eval.metrics import ConfusionMatrix, DepthMetrics, psnr, ssim
-from eval.predict import _check_compatible as check_checkpoints_fit_cache
-from eval.predict import _checkpoint_config as checkpoint_config
+from eval.predict import check_checkpoints_fit_cache
+from eval.predict import checkpoint_config
 from eval.predict import build_frozen_codec, build_frozen_vfm, sampling_config
 from eval.report import plot_metric_vs_step, write_report
 from eval.visualize import frame_grid, write_png
@@ -69,7 +69,7 @@ from pipeline.sources.base import Clip
 from pipeline.store import CacheError, CacheReader
 from train import checkpoint as ckpt
 from train.heads import HEAD_TASKS, build_head, feature_frame_of, predict_labels
-from train.stage1 import build_stage1_model
+from train.stage1 import build_stage1_model, stage1_fit_problems
 from train.stage2 import build_stage2_model
 
 METRICS = ("miou", "miou_moving", "abs_rel", "delta1", "fid", "fvd", "psnr", "ssim")
@@ -280,16 +280,10 @@ def _load_heads(heads: str, meta: dict[str, Any], pca: PCA, device: torch.device
 
 
 def _check_stage1(meta: dict[str, Any], pca: PCA, config: dict[str, Any], cache: str) -> None:
-    m = config["model"]
     problems = []
     if config.get("pca_fingerprint") not in (None, pca.fingerprint):
         problems.append(f"PCA fingerprint: checkpoint {config['pca_fingerprint']!r}, cache {pca.fingerprint!r}")
-    if m["in_channels"] != pca.n_components:
-        problems.append(f"reads {m['in_channels']} PCA components, the cache has {pca.n_components}")
-    if [m["grid_h"], m["grid_w"]] != list(meta["vfm"]["grid"]):
-        problems.append(f"token grid {[m['grid_h'], m['grid_w']]}, cache {meta['vfm']['grid']}")
-    if m["context_frames"] > meta["context_latent_frames"]:
-        problems.append(f"needs {m['context_frames']} context feature frames, the window has {meta['context_latent_frames']}")
+    problems += stage1_fit_problems(config["model"], meta, pca.n_components)
     if problems:
         raise CacheError(f"Stage 1 checkpoint {config['checkpoint']} does not fit cache {cache}: " + "; ".join(problems))
 

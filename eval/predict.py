@@ -44,7 +44,7 @@ from pipeline.sources.videos import FRAME_FOLDER_FPS
 from pipeline.store import CacheError
 from pipeline.weights import MissingWeightsError
 from train import checkpoint as ckpt
-from train.stage1 import build_stage1_model
+from train.stage1 import build_stage1_model, stage1_fit_problems
 from train.stage2 import build_stage2_model
 
 OUTPUT_FILES = ("prediction.mp4", "side_by_side.mp4", "grid.png", "tensors.safetensors", "predict.json")
@@ -125,24 +125,14 @@ def check_checkpoints_fit_cache(meta: dict[str, Any], pca: PCA, s1: dict[str, An
             problems.append(f"PCA fingerprint: {name} checkpoint {recorded!r}, {cache}/{layout.PCA_FILE} {pca.fingerprint!r}")
     if meta["pca"].get("fingerprint") not in (None, pca.fingerprint):
         problems.append(f"PCA fingerprint: meta.json {meta['pca']['fingerprint']!r}, {layout.PCA_FILE} {pca.fingerprint!r}")
-    m1, dit = s1["model"], s2["model"]["dit"]
-    if m1["in_channels"] != pca.n_components:
-        problems.append(f"Stage 1 reads {m1['in_channels']} PCA components, the PCA has {pca.n_components}")
-    if [m1["grid_h"], m1["grid_w"]] != list(meta["vfm"]["grid"]):
-        problems.append(f"Stage 1 token grid {[m1['grid_h'], m1['grid_w']]}, cache VFM grid {meta['vfm']['grid']}")
-    if m1["context_frames"] > meta["context_latent_frames"]:
-        problems.append(f"Stage 1 needs {m1['context_frames']} context feature frames, the window has {meta['context_latent_frames']}")
+    dit = s2["model"]["dit"]
+    problems += stage1_fit_problems(s1["model"], meta, pca.n_components)
     if dit["feature_channels"] != pca.n_components:
         problems.append(f"Stage 2 takes {dit['feature_channels']} feature channels, the PCA has {pca.n_components}")
     if dit["latent_channels"] != meta["codec"]["channels"]:
         problems.append(f"Stage 2 takes {dit['latent_channels']} latent channels, the cache's codec has {meta['codec']['channels']}")
     if problems:
         raise CacheError(f"the checkpoints do not fit cache {cache}:\n  - " + "\n  - ".join(problems))
-
-
-# The names eval/evaluate.py imported before these helpers were public.
-_checkpoint_config = checkpoint_config
-_check_compatible = check_checkpoints_fit_cache
 
 
 # ------------------------------------------------------------------------------------------- frozen parts

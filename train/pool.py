@@ -26,7 +26,7 @@ from pipeline.fingerprint import file_fingerprint
 from pipeline.store import ArraySpec, CacheError, CacheReader, WriterLock, create_arrays, done_shards, write_shard
 from models.rollout import rollout
 from train import checkpoint as ckpt
-from train.stage1 import build_stage1_model
+from train.stage1 import build_stage1_model, stage1_fit_problems
 
 
 def in_pool(sample_id: str, fraction: float) -> bool:
@@ -49,12 +49,7 @@ def _check_compatible(reader: CacheReader, config: dict[str, Any], path: Path) -
     problems = []
     if config.get("pca_fingerprint") and config["pca_fingerprint"] != meta["pca"].get("fingerprint"):
         problems.append(f"pca.fingerprint: checkpoint {config['pca_fingerprint']!r}, cache {meta['pca'].get('fingerprint')!r}")
-    if model["in_channels"] != meta["pca"]["components"]:
-        problems.append(f"pca.components: checkpoint {model['in_channels']}, cache {meta['pca']['components']}")
-    if [model["grid_h"], model["grid_w"]] != list(meta["vfm"]["grid"]):
-        problems.append(f"vfm.grid: checkpoint {[model['grid_h'], model['grid_w']]}, cache {meta['vfm']['grid']}")
-    if model["context_frames"] > meta["context_latent_frames"]:
-        problems.append(f"context_frames: checkpoint needs {model['context_frames']}, cache has {meta['context_latent_frames']} context feature frames")
+    problems += stage1_fit_problems(model, meta, int(meta["pca"]["components"]))
     if problems:
         raise CacheError(f"Stage 1 checkpoint {path} does not fit cache {reader.root}: " + "; ".join(problems))
 

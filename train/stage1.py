@@ -44,6 +44,19 @@ def build_stage1_model(model_config: dict[str, Any]) -> FeatureForesight:
     return FeatureForesight(Stage1ModelConfig(**model_config))
 
 
+def stage1_fit_problems(model: dict[str, Any], meta: dict[str, Any], n_components: int) -> list[str]:
+    """Why a Stage 1 model (its checkpoint's `model` config) cannot read a cache's feature space; [] if it can.
+    Shared by the pool, predict and evaluate."""
+    problems = []
+    if model["in_channels"] != n_components:
+        problems.append(f"Stage 1 reads {model['in_channels']} PCA components, the cache has {n_components}")
+    if [model["grid_h"], model["grid_w"]] != list(meta["vfm"]["grid"]):
+        problems.append(f"Stage 1 token grid {[model['grid_h'], model['grid_w']]}, cache VFM grid {meta['vfm']['grid']}")
+    if model["context_frames"] > meta["context_latent_frames"]:
+        problems.append(f"Stage 1 needs {model['context_frames']} context feature frames, the window has {meta['context_latent_frames']}")
+    return problems
+
+
 def open_stage1_cache(cfg: Config, cache: str) -> CacheReader:
     """Open the cache and refuse it, naming every field, unless it was made for this config and is complete."""
     return open_complete_cache(cache, cache_expectations(cfg))
