@@ -82,16 +82,20 @@ def make_sample_data(
     height: int = typer.Option(128, help="Frame height in pixels."),
     width: int = typer.Option(256, help="Frame width in pixels."),
     seed: int = typer.Option(0, help="Random seed: the same seed writes the same bytes."),
+    workers: int = typer.Option(0, help="Rendering processes (0: one per CPU core); the bytes do not depend on it."),
 ) -> None:
     """Render a procedural driving dataset (road, lanes, sidewalks, buildings, trees, sky, moving cars) with labels."""
-    import time
+    import os
 
     from pipeline.console import summary
     from pipeline.sources.synthetic import write_sample_dataset
 
-    t0 = time.perf_counter()
-    counts = write_sample_dataset(out, train=train, val=val, height=height, width=width, seed=seed)
-    summary(f"make-sample-data: {counts} in {time.perf_counter() - t0:.1f} s -> {out}")
+    n = workers or os.cpu_count() or 1
+    c = write_sample_dataset(out, train=train, val=val, height=height, width=width, seed=seed, workers=n)
+    summary(
+        f"make-sample-data: {c['train']} train + {c['val']} val snippets, {c['frames']} frames of {height}x{width} in "
+        f"{c['seconds']:.1f} s ({c['frames_per_s']:.0f} frames/s, {n} processes) -> {out}"
+    )
 
 
 @app.command("cache")
@@ -106,8 +110,14 @@ def cache(
     ray_address: Optional[str] = typer.Option(None, help="Attach to a running Ray cluster (e.g. auto or ray://host:10001)."),
     workers: int = typer.Option(0, help="Number of workers (0: one per GPU, else half the CPUs)."),
     vfm_weights: Optional[str] = typer.Option(None, help="Local VFM weights (timm or official DINOv2 format)."),
-    vae_weights: Optional[str] = typer.Option(None, help="WAN2.1 VAE weights: a diffusers folder or Wan2.1_VAE.pth."),
-    codec: Optional[str] = typer.Option(None, help="Override codec.name: wan or pixel (lossless, no weights needed)."),
+    vae_weights: Optional[str] = typer.Option(
+        None, "--codec-weights", "--vae-weights",
+        help="Codec weights: for wan, the WAN2.1 VAE (a diffusers folder or Wan2.1_VAE.pth); for linear, an existing "
+             "codec.safetensors to reuse instead of fitting one.",
+    ),
+    codec: Optional[str] = typer.Option(
+        None, help="Override codec.name: wan (the paper), linear (PCA of pixel blocks, fitted here) or pixel (lossless)."
+    ),
     pca: Optional[str] = typer.Option(None, help="Use this PCA (pca.safetensors, or DINO-Foresight's .pth with --allow-pickle)."),
     allow_pickle: bool = typer.Option(False, help="Allow unpickling DINO-Foresight's PCA file (runs code from that file)."),
     allow_random_weights: bool = RandomOpt,
@@ -247,7 +257,9 @@ def predict(
     sampler: Optional[str] = typer.Option(None, help="multistep (Cosmos 2nd order) or euler."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps on the Karras schedule."),
     vfm_weights: Optional[str] = typer.Option(None, help="VFM weights file, if it moved since the cache was built."),
-    vae_weights: Optional[str] = typer.Option(None, help="VAE weights, if they moved since the cache was built."),
+    vae_weights: Optional[str] = typer.Option(
+        None, "--codec-weights", "--vae-weights", help="Codec weights, if they moved since the cache was built."
+    ),
     allow_random_weights: bool = RandomOpt,
 ) -> None:
     """The whole hierarchy on one clip: frames -> VFM -> PCA -> Stage 1 rollout -> Stage 2 sampling -> decode.
@@ -309,6 +321,7 @@ def evaluate(
     fid_weights: Optional[str] = typer.Option(None, "--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (FID Inception)."),
     fvd_weights: Optional[str] = typer.Option(None, "--fvd-weights", help="i3d_torchscript.pt (StyleGAN-V) or i3d_pretrained_400.pt (FVD I3D)."),
     allow_random_metric_weights: bool = typer.Option(False, "--allow-random-metric-weights", help="Run FID/FVD with random networks (every report says so)."),
+    fid_fvd: bool = typer.Option(True, "--fid-fvd/--no-fid-fvd", help="Compute FID and FVD (their networks need weight files); off: every other metric still runs."),
     allow_random_weights: bool = RandomOpt,
     truth: str = typer.Option("auto", help="Ground-truth frames: auto (decode the cached latents for the lossless pixel codec, else the source frames) | latents | frames."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
@@ -325,7 +338,7 @@ def evaluate(
     run(cfg, cache or default_cache(cfg), heads or str(root / "heads"), stage1 or str(root / "stage1"), runs, out or str(root / "eval"),
         samples=samples, components=components, guidance_weight=guidance_weight, guidance_components=guidance_components,
         all_checkpoints=all_checkpoints, allow_random_metric_weights=allow_random_metric_weights, limit=limit, baseline=baseline,
-        sampling_steps=sampling_steps, allow_random_weights=allow_random_weights, truth=truth, device=device)
+        sampling_steps=sampling_steps, allow_random_weights=allow_random_weights, truth=truth, device=device, fid_fvd=fid_fvd)
 
 
 @app.command("demo")
@@ -336,7 +349,7 @@ def demo(
     out: Optional[Path] = typer.Option(None, help="Folder for everything the demo writes (default: paths.root of the config)."),
     workers: int = typer.Option(0, help="Ray workers for the cache step (0: automatic)."),
 ) -> None:
-    """Run the whole system end to end on the embedded synthetic driving set (random VFM weights, pixel codec)."""
+    """Run the whole system end to end on the embedded synthetic driving set (random VFM weights, linear codec)."""
     from eval.demo import run_demo
     from pipeline.console import summary
 
@@ -439,6 +452,23 @@ def bench_stage1(
     from train.bench_stage1 import run
 
     run(config, batch_size=batch_size, steps=steps, warmup=warmup, device=device, overrides=set_)
+
+
+@bench_app.command("codec")
+@_friendly_errors
+def bench_codec(
+    root: Optional[Path] = typer.Option(None, help="Dataset root (default: renders a small synthetic set in a temp folder)."),
+    dataset: str = typer.Option("synthetic", help="Dataset kind of --root."),
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    limit: int = typer.Option(16, help="Windows per split: the linear codec is fitted on the train ones, all codecs scored on the val ones."),
+    vae_weights: Optional[str] = typer.Option(None, "--codec-weights", "--vae-weights", help="WAN2.1 VAE weights: also measure the WAN codec."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+) -> None:
+    """Reconstruction PSNR / SSIM and encode / decode seconds per clip of every codec (pixel, linear; WAN with weights)."""
+    from eval.bench_codec import run
+
+    run(_config(config, set_), dataset=dataset, root=root, limit=limit, vae_weights=vae_weights, device=device)
 
 
 @bench_app.command("sample")

@@ -19,6 +19,9 @@ from typing import Any
 CONFIG_DIR = Path(__file__).resolve().parent
 
 
+CODECS = ("wan", "linear", "pixel")
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range. The message names it and the fix."""
 
@@ -98,13 +101,15 @@ class PCAConfig:
 
 @dataclass
 class CodecConfig:
-    """`wan`: WAN2.1 VAE (diffusers AutoencoderKLWan). `pixel`: lossless space-time pixel-unshuffle."""
+    """`wan`: WAN2.1 VAE (diffusers AutoencoderKLWan). `linear`: PCA of space-time pixel blocks, fitted by `cache`
+    (pipeline/codec_linear.py). `pixel`: lossless space-time pixel-unshuffle."""
 
     name: str = "wan"
     temporal_factor: int = 4
     spatial_factor: int = 8
-    latent_channels: int = 16  # wan only; the pixel codec has 3·r·s² channels
-    weights: str = ""  # diffusers folder or original Wan2.1_VAE.pth
+    latent_channels: int = 16  # wan and linear; the pixel codec has 3·r·s² channels
+    # wan: diffusers folder or original Wan2.1_VAE.pth; linear: an existing codec.safetensors to reuse ("" = fit it)
+    weights: str = ""
     dtype: str = "float32"  # float32 | bfloat16 (GPU)
     overrides: dict[str, Any] = field(default_factory=dict)  # AutoencoderKLWan kwargs (tests: tiny random VAE)
 
@@ -123,6 +128,8 @@ class CacheConfig:
     compression_level: int = 3
     workers: int = 0  # 0 = one per GPU, else one per 2 CPUs
     strict: bool = False  # fail fast on the first bad input instead of recording it
+    # Val windows whose codec reconstruction PSNR is measured in pass 2 (meta.json codec.reconstruction; -1 = all).
+    reconstruction_windows: int = 32
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -323,8 +330,13 @@ class Config:
     def validate(self) -> "Config":
         w, c = self.window, self.codec
         w.check(c.temporal_factor)
-        if c.name not in ("wan", "pixel"):
-            raise ConfigError(f"codec.name={c.name!r}: choose 'wan' or 'pixel'")
+        if c.name not in CODECS:
+            raise ConfigError(f"codec.name={c.name!r}: choose one of {', '.join(CODECS)}")
+        if c.name == "linear" and not 1 <= c.latent_channels <= 3 * c.temporal_factor * c.spatial_factor**2:
+            raise ConfigError(
+                f"codec.latent_channels={c.latent_channels} must be in 1..{3 * c.temporal_factor * c.spatial_factor**2} "
+                f"(3·r·s², the size of one space-time block) for the linear codec"
+            )
         s = c.spatial_factor * self.stage2.model.patch_size
         if w.height % s or w.width % s:
             raise ConfigError(

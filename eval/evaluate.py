@@ -88,10 +88,11 @@ SSIM_BORDER = "reflect"
 
 @dataclass
 class MetricNets:
-    """The FID and FVD feature networks (each with `.dim` and `.weights`: "file:<sha16>" or "random")."""
+    """The FID and FVD feature networks (each with `.dim` and `.weights`: "file:<sha16>" or "random"); None when
+    FID/FVD are switched off (`fid_fvd=False`: with random networks they cost most of an evaluation and mean nothing)."""
 
-    fid: nn.Module
-    fvd: nn.Module
+    fid: nn.Module | None
+    fvd: nn.Module | None
 
 
 def build_metric_nets(cfg: Config, allow_random: bool, device: torch.device | str = "cpu") -> MetricNets:
@@ -113,8 +114,8 @@ class RowMetrics:
     def __init__(self, num_classes: int, fid_dim: int, fvd_dim: int):
         self.confusion = ConfusionMatrix(num_classes)
         self.depth = DepthMetrics()
-        self.fid = FeatureStats(fid_dim)
-        self.fvd = FeatureStats(fvd_dim)
+        self.fid = FeatureStats(fid_dim) if fid_dim else None
+        self.fvd = FeatureStats(fvd_dim) if fvd_dim else None
         self.psnr_sum, self.ssim_sum, self.frames = 0.0, 0.0, 0
         self.has_semantics = self.has_pixels = False
 
@@ -133,8 +134,9 @@ class RowMetrics:
         b, _, t, h, w = predicted.shape
         frames = predicted.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
         truth = real.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
-        self.fid.update(nets.fid(frames))
-        if fvd_clips:
+        if nets.fid is not None:
+            self.fid.update(nets.fid(frames))
+        if fvd_clips and nets.fvd is not None:
             self.fvd.update(nets.fvd(predicted))
         x, y = frames.double() / 255.0, truth.double() / 255.0
         self.psnr_sum += float(psnr(x, y, data_range=1.0).sum())
@@ -152,8 +154,8 @@ class RowMetrics:
         if self.has_pixels and self.frames:
             out["psnr"] = self.psnr_sum / self.frames
             out["ssim"] = self.ssim_sum / self.frames
-            out["fid"] = _frechet(self.fid, real_fid, "FID", notes)
-            out["fvd"] = _frechet(self.fvd, real_fvd, "FVD", notes) if self.fvd.count else None
+            out["fid"] = _frechet(self.fid, real_fid, "FID", notes) if self.fid is not None else None
+            out["fvd"] = _frechet(self.fvd, real_fvd, "FVD", notes) if self.fvd is not None and self.fvd.count else None
         return out
 
 
@@ -362,6 +364,7 @@ def evaluate(
     grids: int = 4,
     device: str | None = None,
     metric_nets: MetricNets | None = None,
+    fid_fvd: bool = True,
 ) -> dict[str, Any]:
     """Run the protocol on the val split of `cache`; write metrics.json, report.md, plots/ and qualitative/ to `out`.
 
@@ -372,7 +375,8 @@ def evaluate(
     names the row the deltas are taken against (default: the first run trained without features and without
     alignment). `limit` > 0 evaluates only the first `limit` val windows. `allow_random_weights` accepts a cache made
     with a random VFM/codec (then rebuilt identically). `metric_nets` replaces the FID/FVD networks (tests, custom
-    nets); by default they come from `eval.fid_weights` / `eval.fvd_weights`. Returns what metrics.json holds.
+    nets); by default they come from `eval.fid_weights` / `eval.fvd_weights`. `fid_fvd=False` skips FID and FVD
+    (reported as not computed). Returns what metrics.json holds.
     """
     t_start = time.perf_counter()
     stage2_runs = dict(stage2_runs or {})
@@ -389,7 +393,11 @@ def evaluate(
     notes: list[str] = []
 
     # ---- metric networks first: a missing weights file stops here, before any expensive work
-    nets = metric_nets or build_metric_nets(cfg, allow_random_metric_weights, dev)
+    if fid_fvd:
+        nets = metric_nets or build_metric_nets(cfg, allow_random_metric_weights, dev)
+    else:
+        nets = MetricNets(fid=None, fvd=None)
+        _note(notes, "FID and FVD were not computed (fid_fvd off, --no-fid-fvd)")
 
     # ---- cache, frozen parts, checkpoints
     reader = CacheReader(cache)
@@ -410,13 +418,13 @@ def evaluate(
         )
     annotated_feature = feature_frame_of(annotated, feature_indices, f"eval.annotated_index of {cache}")
     future_frames = k_frames - m_frames
-    fvd_clips = future_frames >= getattr(nets.fvd, "min_frames", FVD_MIN_FRAMES)
-    if not fvd_clips:
+    fvd_clips = nets.fvd is not None and future_frames >= getattr(nets.fvd, "min_frames", FVD_MIN_FRAMES)
+    if nets.fvd is not None and not fvd_clips:
         _note(notes, f"FVD is n/a: {future_frames} predicted frames per clip, the I3D protocol needs at least {FVD_MIN_FRAMES}")
 
     full_config = cfg.to_dict()
     vfm = build_frozen_vfm(meta, full_config, None, allow_random_weights, dev)
-    codec = build_frozen_codec(meta, full_config, None, allow_random_weights, dev)
+    codec = build_frozen_codec(meta, full_config, None, allow_random_weights, dev, cache)
     truth_from = _truth_source(truth, meta["codec"].get("weights", ""))
     loaded_heads = _load_heads(heads, meta, pca, dev)
     s1_path, s1_config = checkpoint_config(stage1, "stage1")
@@ -500,8 +508,9 @@ def evaluate(
                                         for c in grid_columns]
 
     # ---- pass 1: reference rows and the real-frame statistics
-    fid_dim, fvd_dim = int(nets.fid.dim), int(nets.fvd.dim)
-    real_fid, real_fvd = FeatureStats(fid_dim), FeatureStats(fvd_dim)
+    fid_dim = int(nets.fid.dim) if nets.fid is not None else 0
+    fvd_dim = int(nets.fvd.dim) if nets.fvd is not None else 0
+    real_fid, real_fvd = FeatureStats(max(fid_dim, 1)), FeatureStats(max(fvd_dim, 1))
     reference = {COPY_ROW: RowMetrics(num_classes, fid_dim, fvd_dim), STAGE1_ROW: RowMetrics(num_classes, fid_dim, fvd_dim)}
     if oracle:
         reference[ORACLE_ROW] = RowMetrics(num_classes, fid_dim, fvd_dim)
@@ -517,7 +526,8 @@ def evaluate(
             depth_windows += int(w.depth_valid.sum())
             real_future = w.truth[:, :, m_frames:]
             flat = real_future.permute(0, 2, 1, 3, 4).reshape(-1, 3, height, width)
-            real_fid.update(nets.fid(flat))
+            if nets.fid is not None:
+                real_fid.update(nets.fid(flat))
             if fvd_clips:
                 real_fvd.update(nets.fvd(real_future))
             copy = w.truth[:, :, m_frames - 1 : m_frames].expand(-1, -1, future_frames, -1, -1)
@@ -589,7 +599,8 @@ def evaluate(
     native = [int(i) for i in first["frame_indices"]]
     random_parts = [name for name, flag in (
         ("VFM", meta["vfm"].get("weights") == RANDOM), ("codec", meta["codec"].get("weights") == RANDOM),
-        ("FID Inception", getattr(nets.fid, "weights", RANDOM) == RANDOM), ("FVD I3D", getattr(nets.fvd, "weights", RANDOM) == RANDOM),
+        ("FID Inception", nets.fid is not None and getattr(nets.fid, "weights", RANDOM) == RANDOM),
+        ("FVD I3D", nets.fvd is not None and getattr(nets.fvd, "weights", RANDOM) == RANDOM),
         ("segmentation head", loaded_heads["segmentation"][1].get("random_weights")),
         ("depth head", loaded_heads["depth"][1].get("random_weights")),
         ("Stage 1", s1_config.get("random_weights")),
@@ -645,8 +656,8 @@ def evaluate(
             "vfm": {"name": meta["vfm"].get("name"), "weights": meta["vfm"].get("weights")},
             "codec": {"name": meta["codec"].get("name"), "weights": meta["codec"].get("weights")},
             "pca_fingerprint": pca.fingerprint,
-            "fid_net": getattr(nets.fid, "weights", RANDOM),
-            "fvd_net": getattr(nets.fvd, "weights", RANDOM),
+            "fid_net": getattr(nets.fid, "weights", RANDOM) if nets.fid is not None else "not computed",
+            "fvd_net": getattr(nets.fvd, "weights", RANDOM) if nets.fvd is not None else "not computed",
             "heads": {t: provenance_of(c, Path(c["checkpoint"])) for t, (_, c) in loaded_heads.items()},
             "stage1": provenance_of(s1_loaded, s1_path),
             "stage2": {j.run: {**provenance_of(j.config, j.path), "conditioning": j.config.get("conditioning"),

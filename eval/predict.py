@@ -170,13 +170,24 @@ def build_frozen_vfm(meta: dict[str, Any], full_config: dict[str, Any], weights:
     return vfm
 
 
-def build_frozen_codec(meta: dict[str, Any], full_config: dict[str, Any], weights: str | None, allow_random_weights: bool, device: torch.device) -> Any:
-    """The codec that made the cache's latents, checked against meta.json's weights record."""
+def build_frozen_codec(meta: dict[str, Any], full_config: dict[str, Any], weights: str | None, allow_random_weights: bool,
+                       device: torch.device, cache_root: str) -> Any:
+    """The codec that made the cache's latents, checked against meta.json's weights record. A linear codec is read
+    from the cache itself (meta.json codec.file), or from `weights` when given."""
     from pipeline.codec import build_codec
 
     known = {f.name for f in dataclasses.fields(CodecConfig)}
     cfg = CodecConfig(**{k: v for k, v in _settings(meta, full_config, "codec").items() if k in known})
     recorded = meta["codec"].get("weights")
+    if cfg.name == "linear":
+        path = weights or atomic.join(cache_root, meta["codec"].get("file", layout.CODEC_FILE))
+        codec = build_codec(dataclasses.replace(cfg, weights=path), device=device)
+        if codec.weights != recorded:
+            raise CacheError(
+                f"{path}: linear codec {codec.weights} is not the one the cache's latents were made with ({recorded}); "
+                f"restore {cache_root}/{layout.CODEC_FILE} or rebuild the cache"
+            )
+        return codec
     if recorded == RANDOM:
         if not allow_random_weights:
             raise MissingWeightsError(
@@ -190,7 +201,7 @@ def build_frozen_codec(meta: dict[str, Any], full_config: dict[str, Any], weight
     if codec.weights != recorded:
         raise MissingWeightsError(
             f"the codec weights found ({codec.weights}) are not the ones the cache was made with ({recorded}); "
-            "pass the same weights with codec_weights=PATH (--vae-weights)"
+            "pass the same weights with codec_weights=PATH (--codec-weights)"
         )
     return codec
 
@@ -278,7 +289,7 @@ def predict(
 
     # ---- frozen VFM, PCA and codec, as the cache made them
     vfm = build_frozen_vfm(meta, full_config, vfm_weights, allow_random_weights, dev)
-    codec = build_frozen_codec(meta, full_config, codec_weights, allow_random_weights, dev)
+    codec = build_frozen_codec(meta, full_config, codec_weights, allow_random_weights, dev, cache_root)
     pca_dev = pca.to(dev)
     random_parts = [name for name, flag in (
         ("Stage 1", s1_config.get("random_weights")), ("Stage 2", s2_config.get("random_weights")),
@@ -318,7 +329,9 @@ def predict(
                 with autocast:
                     z = sample(stage2.denoiser, shape, context, cond_mask, dit_features, dcfg, generator=generator)
                 latents.append(z.float())
-                decoded.append(to_uint8_frames(codec.decode(z.float())[0]))  # [K, H, W, 3]
+                clip = to_uint8_frames(codec.decode(z.float())[0])  # [K, H, W, 3]
+                clip[:m_frames] = frames[:m_frames]  # observed frames as given (a lossy codec would alter them)
+                decoded.append(clip)
                 bar.update(job, advance=1)
         seconds["stage2_and_decode"] = time.perf_counter() - tic
 

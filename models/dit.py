@@ -23,6 +23,7 @@ Deviations from Predict2, all deliberate:
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -194,6 +195,15 @@ class VideoDiT(nn.Module):
             )
         self.cfg = cfg
         width, patch, channels = cfg.width, cfg.patch_size, cfg.latent_channels
+        if channels * patch * patch > width:
+            # The network cannot even represent the identity on such tokens, so the noise it cannot remove stays in
+            # every sample however long it trains (a pixel codec with a CPU-sized DiT: 768 numbers through width 96).
+            warnings.warn(
+                f"VideoDiT: each token carries {channels * patch * patch} numbers ({channels} latent channels x "
+                f"{patch}x{patch} patch) but the model width is {width}; it cannot denoise tokens wider than itself. "
+                "Use a codec with fewer channels (codec.name = linear or wan) or a wider model (stage2.model.width)",
+                stacklevel=2,
+            )
         self.uses_features = cfg.conditioning == "features" and cfg.feature_channels > 0
         self.activation_checkpointing = False
 

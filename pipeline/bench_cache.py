@@ -21,18 +21,22 @@ from pipeline.dag import array_specs, build_cache, select_windows
 from pipeline.store import create_arrays
 
 
-def _sequential(cfg: Config, dataset: str, root: str, out: str, pca_path: str, limit: int) -> tuple[StageTimes, float]:
+def _sequential(cfg: Config, dataset: str, root: str, out: str, dag_out: str, limit: int) -> tuple[StageTimes, float]:
     t0 = time.perf_counter()
     worker = CacheWorker(cfg.to_dict(), allow_random_weights=True)
-    worker.set_pca(pca_path)
+    worker.set_pca(atomic.join(dag_out, layout.PCA_FILE))
+    linear = cfg.codec.name == "linear"
+    if linear:
+        worker.set_codec(atomic.join(dag_out, layout.CODEC_FILE))
     info = worker.describe()
     windows = select_windows(cfg, dataset, root, ["train", "val"], limit)
     specs = array_specs(cfg, info)
     shapes = {spec.name: spec.shape for spec in specs}
     create_arrays(out, len(windows), cfg.cache.shard_size, specs, cfg.cache.compressor, cfg.cache.compression_level)
     total = StageTimes()
-    # Pass 1 too, so both runs do the same work (the sums are discarded: the DAG's PCA is reused for equal outputs).
-    _, fit_times = worker.accumulate([w for w in windows if w.clip.split == cfg.pca.fit_split])
+    # Pass 1 too, so both runs do the same work (the sums are discarded: the DAG's PCA and codec are reused for
+    # equal outputs).
+    _, fit_times = worker.accumulate([w for w in windows if w.clip.split == cfg.pca.fit_split], pca=True, codec=linear)
     total.add(fit_times)
     size = cfg.cache.shard_size
     for s in range(0, len(windows), size):
@@ -50,7 +54,7 @@ def run(cfg: Config, dataset: str = "synthetic", root: Path | None = None, worke
             write_sample_dataset(root, train=limit, val=limit, height=cfg.window.height * 2, width=cfg.window.width * 2, seed=0, progress=False)
         dag_out = str(Path(tmp) / "dag")
         result = build_cache(cfg, dataset, root, dag_out, workers=workers, allow_random_weights=True, limit=limit)
-        seq_times, seq_seconds = _sequential(cfg, dataset, str(root), str(Path(tmp) / "seq"), atomic.join(dag_out, layout.PCA_FILE), limit)
+        seq_times, seq_seconds = _sequential(cfg, dataset, str(root), str(Path(tmp) / "seq"), dag_out, limit)
 
     d = result.times
     rows = {

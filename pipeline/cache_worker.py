@@ -17,6 +17,7 @@ import torch
 
 from configs.schema import config_from_dict
 from pipeline import layout
+from pipeline.codec import frame_psnr
 from pipeline.decode import read_frames, read_label
 from pipeline.errors import InputError
 from pipeline.pca import PCA, PCAAccumulator
@@ -42,6 +43,9 @@ class StageTimes:
     frames: int = 0
     bytes: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    psnr_sum: float = 0.0  # codec reconstruction check: per-frame PSNR summed over the checked frames
+    psnr_frames: int = 0
+    psnr_windows: int = 0
 
     def add(self, other: "StageTimes") -> None:
         self.decode += other.decode
@@ -51,6 +55,9 @@ class StageTimes:
         self.frames += other.frames
         self.bytes += other.bytes
         self.failures.extend(other.failures)
+        self.psnr_sum += other.psnr_sum
+        self.psnr_frames += other.psnr_frames
+        self.psnr_windows += other.psnr_windows
 
 
 def pick_device() -> str:
@@ -74,13 +81,16 @@ class CacheWorker:
 
     # ------------------------------------------------------------------------------------ info
     def describe(self) -> dict[str, Any]:
-        codec = self._codec()
+        """What the models give: VFM channels and grid, codec channels and weights (None while a linear codec is
+        still to be fitted in pass 1)."""
+        fitted_later = self.cfg.codec.name == "linear" and self.codec is None
+        codec = None if fitted_later else self._codec()
         return {
             "vfm_weights": self.vfm.weights,
             "vfm_channels": self.vfm.out_channels,
             "grid": list(self.vfm.grid),
-            "codec_weights": codec.weights,
-            "codec_channels": codec.channels,
+            "codec_weights": None if codec is None else codec.weights,
+            "codec_channels": self.cfg.codec.channels if codec is None else codec.channels,
             "device": self.device,
         }
 
@@ -94,15 +104,21 @@ class CacheWorker:
     def set_pca(self, path: str) -> None:
         self.pca = PCA.load(path).to(self.device)
 
+    def set_codec(self, path: str) -> None:
+        """Use the linear codec fitted in pass 1 (the cache's codec.safetensors)."""
+        from pipeline.codec_linear import LinearCodec
+
+        self.codec = LinearCodec.load(path).to(self.device)
+
     # ---------------------------------------------------------------------------------- decoding
-    def _decode(self, window: Window, feature_only: bool) -> Decoded:
+    def _decode(self, window: Window, feature_only: bool, labels: bool = True) -> Decoded:
         t0 = time.perf_counter()
         w = self.cfg.window
         out = Decoded()
         try:
             indices = [window.indices[i] for i in self.cfg.feature_frame_indices] if feature_only else list(window.indices)
             out.frames = read_frames(window.clip, indices, w.height, w.width)
-            if not feature_only and window.label_index >= 0:
+            if labels and not feature_only and window.label_index >= 0:
                 labels = window.clip.labels.get(window.indices[window.label_index], {})
                 if labels.get("segmentation"):
                     out.segmentation = read_label(labels["segmentation"], w.height, w.width, "segmentation")
@@ -115,15 +131,15 @@ class CacheWorker:
         out.seconds = time.perf_counter() - t0
         return out
 
-    def _decoded_stream(self, windows: Sequence[Window], feature_only: bool):
+    def _decoded_stream(self, windows: Sequence[Window], feature_only: bool, labels: bool = True):
         """Yield decoded windows in order, decoding one ahead on a background thread."""
         if not windows:
             return
-        pending = self._pool.submit(self._decode, windows[0], feature_only)
+        pending = self._pool.submit(self._decode, windows[0], feature_only, labels)
         for i in range(len(windows)):
             current = pending.result()
             if i + 1 < len(windows):
-                pending = self._pool.submit(self._decode, windows[i + 1], feature_only)
+                pending = self._pool.submit(self._decode, windows[i + 1], feature_only, labels)
             yield current
 
     @torch.no_grad()
@@ -143,9 +159,19 @@ class CacheWorker:
         return out
 
     # ------------------------------------------------------------------------------------ pass 1
-    def accumulate(self, windows: Sequence[Window]) -> tuple[dict[str, np.ndarray], StageTimes]:
-        """PCA pass: float64 sums of the VFM tokens of the windows' feature frames (VFM batched across windows)."""
-        acc = PCAAccumulator(self.vfm.out_channels)
+    def accumulate(self, windows: Sequence[Window], pca: bool = True, codec: bool = False) -> tuple[dict[str, Any], StageTimes]:
+        """Pass 1: float64 sums for the fits this cache still needs, over the same windows.
+
+        `pca`: the VFM tokens of the feature frames (VFM batched across windows). `codec`: every space-time block of
+        the whole window, for the linear codec (pipeline/codec_linear.py). Returns ({"pca": state | None,
+        "codec": state | None}, times)."""
+        from pipeline.codec_linear import add_video, block_accumulator
+        from pipeline.codec_pixel import PixelCodec
+
+        c = self.cfg.codec
+        acc = PCAAccumulator(self.vfm.out_channels) if pca else None
+        blocks = block_accumulator(c.temporal_factor, c.spatial_factor) if codec else None
+        unshuffle = PixelCodec(c.temporal_factor, c.spatial_factor)
         times = StageTimes()
         pending: list[tuple[int, np.ndarray]] = []
 
@@ -156,32 +182,49 @@ class CacheWorker:
             times.vfm += time.perf_counter() - t0
             pending.clear()
 
-        for j, (window, dec) in enumerate(zip(windows, self._decoded_stream(windows, feature_only=True))):
+        stream = self._decoded_stream(windows, feature_only=not codec, labels=False)
+        for j, (window, dec) in enumerate(zip(windows, stream)):
             times.decode += dec.seconds
             if dec.error is not None:
-                times.failures.append(_failure(-1, window, dec.error, "pca-fit"))
+                times.failures.append(_failure(-1, window, dec.error, "fit"))
                 continue
-            pending.append((j, dec.frames))
+            frames = dec.frames[self.cfg.feature_frame_indices] if codec else dec.frames
             times.frames += dec.frames.shape[0]
-            if sum(len(f) for _, f in pending) >= self.cfg.vfm.batch_size:
-                flush()
+            if blocks is not None:
+                t0 = time.perf_counter()
+                add_video(blocks, unshuffle, _video(dec.frames, "cpu"))
+                times.codec += time.perf_counter() - t0
+            if acc is not None:
+                pending.append((j, frames))
+                if sum(len(f) for _, f in pending) >= self.cfg.vfm.batch_size:
+                    flush()
         if pending:
             flush()
-        return acc.state_dict(), times
+        states = {"pca": None if acc is None else acc.state_dict(), "codec": None if blocks is None else blocks.state_dict()}
+        return states, times
 
     # ------------------------------------------------------------------------------------ pass 2
     @torch.no_grad()
     def _latents(self, frames: np.ndarray) -> np.ndarray:
         """uint8 [K, H, W, 3] -> latents [Tl, Cz, H', W']. One window per codec call: the WAN VAE on 25 full frames
         is memory-bound, so batching windows would only raise peak memory."""
-        video = torch.from_numpy(frames).to(self.device).permute(3, 0, 1, 2)[None].float().div_(127.5).sub_(1.0)
-        return self._codec().encode(video)[0].permute(1, 0, 2, 3).float().cpu().numpy()  # [C, T, H, W] -> [T, C, H, W]
+        return self._codec().encode(_video(frames, self.device))[0].permute(1, 0, 2, 3).float().cpu().numpy()  # [C, T, H, W] -> [T, C, H, W]
 
-    def process_shard(self, root: str, shard: int, rows: Sequence[tuple[int, Window]], shapes: dict[str, tuple[int, ...]]) -> StageTimes:
+    @torch.no_grad()
+    def _reconstruction_psnr(self, frames: np.ndarray, latents: np.ndarray, dtype: str) -> np.ndarray:
+        """Per-frame PSNR (uint8 scale) of the codec's decode of the latents as the cache stores them (`dtype`)."""
+        stored = torch.from_numpy(latents.astype(dtype).astype(np.float32)).to(self.device)
+        video = self._codec().decode(stored.permute(1, 0, 2, 3)[None])[0]  # [3, K, H, W] in [-1, 1]
+        decoded = ((video.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0).cpu().numpy()
+        return frame_psnr(decoded, frames)
+
+    def process_shard(self, root: str, shard: int, rows: Sequence[tuple[int, Window]], shapes: dict[str, tuple[int, ...]],
+                      check_reconstruction: Sequence[int] = ()) -> StageTimes:
         """Compute and write every array of one shard, then its completion marker.
 
         Decoding runs one window ahead on a thread; the VFM runs on the feature frames of several windows at once
-        (vfm.batch_size frames per call); the codec encodes each window as it arrives."""
+        (vfm.batch_size frames per call); the codec encodes each window as it arrives. Samples listed in
+        `check_reconstruction` are also decoded again and their per-frame PSNR is recorded in the shard's marker."""
         assert self.pca is not None, "set_pca() must run before pass 2"
         times = StageTimes()
         n = len(rows)
@@ -192,6 +235,7 @@ class CacheWorker:
             layout.DEPTH: np.full((n, *shapes[layout.DEPTH]), layout.INVALID_DEPTH, np.uint8),
         }
         statuses = []
+        check = set(int(s) for s in check_reconstruction)
         pending: list[tuple[int, np.ndarray]] = []
 
         def flush() -> None:
@@ -211,6 +255,11 @@ class CacheWorker:
             pending.append((j, dec.frames[self.cfg.feature_frame_indices]))
             t0 = time.perf_counter()
             arrays[layout.LATENTS][j] = self._latents(dec.frames)
+            if sample in check:
+                psnr = self._reconstruction_psnr(dec.frames, arrays[layout.LATENTS][j], self.cfg.cache.dtype)
+                times.psnr_sum += float(psnr.sum())
+                times.psnr_frames += len(psnr)
+                times.psnr_windows += 1
             times.codec += time.perf_counter() - t0
             if dec.segmentation is not None:
                 arrays[layout.SEGMENTATION][j] = dec.segmentation
@@ -223,9 +272,17 @@ class CacheWorker:
         if pending:
             flush()
         t0 = time.perf_counter()
-        times.bytes = write_shard(root, shard, self.cfg.cache.shard_size, arrays, statuses)
+        extra = None
+        if check:
+            extra = {"reconstruction": {"psnr_sum": times.psnr_sum, "frames": times.psnr_frames, "windows": times.psnr_windows}}
+        times.bytes = write_shard(root, shard, self.cfg.cache.shard_size, arrays, statuses, extra=extra)
         times.write = time.perf_counter() - t0
         return times
+
+
+def _video(frames: np.ndarray, device: str | torch.device) -> torch.Tensor:
+    """uint8 [K, H, W, 3] -> float [1, 3, K, H, W] in [-1, 1] (the codecs' input)."""
+    return torch.from_numpy(frames).to(device).permute(3, 0, 1, 2)[None].float().div_(127.5).sub_(1.0)
 
 
 def _failure(sample: int, window: Window, exc: InputError, stage: str) -> dict[str, Any]:

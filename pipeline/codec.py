@@ -7,13 +7,15 @@ T = 1 + r·k frames has 1 + k latent frames and latent frame j >= 1 covers pixel
     encode: video   [B, 3, 1 + r·k, H, W] in [-1, 1]  ->  latents [B, C, 1 + k, H/s, W/s]  (float32)
     decode: latents [B, C, 1 + k, h, w]               ->  video   [B, 3, 1 + r·k, h·s, w·s] in [-1, 1]
 
-Implementations: `pipeline.codec_wan.WanCodec` (the WAN2.1 VAE) and `pipeline.codec_pixel.PixelCodec` (lossless).
+Implementations: `pipeline.codec_wan.WanCodec` (the WAN2.1 VAE), `pipeline.codec_linear.LinearCodec` (PCA of
+space-time pixel blocks, fitted by the cache) and `pipeline.codec_pixel.PixelCodec` (lossless).
 """
 
 from __future__ import annotations
 
 import abc
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +29,7 @@ class Codec(nn.Module, abc.ABC):
     channels: int
     temporal_factor: int
     spatial_factor: int
-    weights: str  # "random" | "file:<sha16>" | "lossless"
+    weights: str  # "random" | "file:<sha16>" (wan) | "fit:<sha16>" (linear) | "lossless" (pixel)
 
     @abc.abstractmethod
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,9 @@ class Codec(nn.Module, abc.ABC):
 
 
 def build_codec(cfg: CodecConfig, allow_random_weights: bool = False, device: str | torch.device = "cpu") -> Codec:
-    """The frozen codec named by `cfg.name` ("wan" or "pixel"), on `device`, matching the config's factors."""
+    """The frozen codec named by `cfg.name`, on `device`, matching the config's factors.
+
+    The linear codec is read from `cfg.weights` (a codec.safetensors; the cache fits one in its first pass)."""
     if cfg.name == "pixel":
         from pipeline.codec_pixel import PixelCodec
 
@@ -102,8 +106,17 @@ def build_codec(cfg: CodecConfig, allow_random_weights: bool = False, device: st
         from pipeline.codec_wan import build_wan_codec
 
         codec = build_wan_codec(cfg, allow_random_weights=allow_random_weights)
+    elif cfg.name == "linear":
+        from pipeline.codec_linear import LinearCodec, LinearCodecError
+
+        if not cfg.weights:
+            raise LinearCodecError(
+                "the linear codec is fitted by `python cli.py cache` (codec.safetensors in the cache); "
+                "give that file as codec.weights (--codec-weights) to use it elsewhere"
+            )
+        codec = LinearCodec.load(cfg.weights)
     else:
-        raise ValueError(f"codec.name={cfg.name!r}: choose 'wan' or 'pixel'")
+        raise ValueError(f"codec.name={cfg.name!r}: choose 'wan', 'linear' or 'pixel'")
     got = (codec.temporal_factor, codec.spatial_factor, codec.channels)
     want = (cfg.temporal_factor, cfg.spatial_factor, cfg.channels)
     if got != want:
@@ -112,3 +125,11 @@ def build_codec(cfg: CodecConfig, allow_random_weights: bool = False, device: st
             f"set codec.temporal_factor / codec.spatial_factor / codec.latent_channels to match the weights"
         )
     return codec.to(device)
+
+
+def frame_psnr(decoded: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Per-frame PSNR in dB of uint8-range frames [K, H, W, 3] (data range 255): a codec's reconstruction check.
+    Exact frames get 100 dB (a finite stand-in for infinity, so sums and means stay finite)."""
+    err = (decoded.astype(np.float64) - frames.astype(np.float64)) ** 2
+    mse = err.reshape(err.shape[0], -1).mean(axis=1)
+    return np.where(mse > 0, 10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), 100.0)

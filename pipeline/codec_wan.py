@@ -31,7 +31,7 @@ from pipeline.weights import (
     strip_prefix,
 )
 
-CODEC_WEIGHTS_OPTION = "--vae-weights"
+CODEC_WEIGHTS_OPTION = "--codec-weights"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # diffusers' AutoencoderKLWan encodes frame 0 and then fixed chunks of 4 frames, so it only supports r = 4.
 WAN_TEMPORAL_FACTOR = 4
@@ -240,7 +240,7 @@ def build_wan_codec(cfg: CodecConfig, allow_random_weights: bool = False) -> Wan
         fix = (
             f"pass {CODEC_WEIGHTS_OPTION} PATH (a diffusers AutoencoderKLWan folder such as "
             f"Wan2.1-T2V-1.3B-Diffusers/vae, or the original Wan2.1_VAE.pth), or set codec.weights, "
-            f"or use the lossless codec (--codec pixel)"
+            f"or use the learned linear codec (--codec linear) or the lossless one (--codec pixel)"
         )
         weights = refuse_or_warn_random("WAN2.1 VAE codec", allow_random_weights, fix)
         with seeded(0):

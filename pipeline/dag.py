@@ -24,6 +24,7 @@ import polars as pl
 from configs.schema import Config
 from pipeline import atomic, layout
 from pipeline.cache_worker import CacheWorker, StageTimes
+from pipeline.codec_linear import LinearCodec, fit_linear_codec
 from pipeline.console import console, progress, warn_loud
 from pipeline.errors import InputError
 from pipeline.fingerprint import RANDOM, dict_fingerprint
@@ -55,12 +56,17 @@ class CacheSummary:
     bytes_written: int
     skipped_shards: int
     times: StageTimes
+    reconstruction: dict[str, Any] | None = None  # meta.json codec.reconstruction
 
     def line(self) -> str:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
+        recon = ""
+        if self.reconstruction and self.reconstruction.get("psnr_db") is not None:
+            r = self.reconstruction
+            recon = f", codec reconstruction {r['psnr_db']:.1f} dB PSNR on {r['windows']} {r['split']} windows"
         return (
             f"cache: {self.samples} samples ({self.ok} ok, {self.failed} failed, {self.skipped_shards} shards already done) "
-            f"in {self.seconds:.1f} s, {fps:.1f} frames/s, {self.bytes_written / 1e6:.1f} MB written -> {self.out}"
+            f"in {self.seconds:.1f} s, {fps:.1f} frames/s, {self.bytes_written / 1e6:.1f} MB written{recon} -> {self.out}"
         )
 
 
@@ -266,8 +272,16 @@ def build_cache(
         total = StageTimes()
         total.failures.extend(listing_failures)
 
-        # ---------------- pass 1: the PCA
+        # ---------------- pass 1: the fits (the feature PCA; the linear codec), one read of the training windows
         pca_path = atomic.join(out, layout.PCA_FILE)
+        codec_path = atomic.join(out, layout.CODEC_FILE)
+        need_pca = not atomic.exists(pca_path) and not cfg.pca.checkpoint
+        need_codec = cfg.codec.name == "linear" and not atomic.exists(codec_path) and not cfg.codec.weights
+        sums: dict[str, PCAAccumulator | None] = {"pca": None, "codec": None}
+        fit_windows = 0
+        if need_pca or need_codec:
+            sums, fit_windows, times = _fit_pass(ray, actors, cfg, windows, info["vfm_channels"], pca=need_pca, codec=need_codec)
+            total.add(times)
         if atomic.exists(pca_path):
             pca = PCA.load(pca_path)
             pca_info = meta.get("pca", {})
@@ -276,8 +290,12 @@ def build_cache(
             pca.save(pca_path)
             pca_info = {"source": cfg.pca.checkpoint}
         else:
-            pca, pca_info, times = _fit_pca_pass(ray, actors, cfg, windows, info["vfm_channels"])
-            total.add(times)
+            acc = sums["pca"]
+            if acc.count < cfg.pca.components:
+                raise CacheError(f"only {acc.count} tokens to fit a {cfg.pca.components}-component PCA; add training windows")
+            pca = fit_pca(acc, cfg.pca.components)
+            pca_info = {"source": "fit", "fit_windows": fit_windows, "fit_tokens": int(acc.count),
+                        "explained_variance_ratio_sum": float(pca.explained_variance_ratio.sum())}
             pca.save(pca_path)
         if pca.dim != info["vfm_channels"] or pca.n_components != cfg.pca.components:
             raise CacheError(
@@ -285,6 +303,11 @@ def build_cache(
                 f"and pca.components={cfg.pca.components}; use a matching PCA or a new --out folder"
             )
         ray.get([a.set_pca.remote(pca_path) for a in actors])
+        if cfg.codec.name == "linear":
+            codec = _linear_codec(cfg, codec_path, sums["codec"])
+            ray.get([a.set_codec.remote(codec_path) for a in actors])
+            info = {**info, "codec_weights": codec.weights, "codec_channels": codec.channels,
+                    "codec_fit": meta.get("codec", {}).get("fit") or _codec_fit_info(codec, sums["codec"], fit_windows, cfg)}
 
         # ---------------- arrays
         specs = array_specs(cfg, info)
@@ -302,6 +325,8 @@ def build_cache(
         def rows_of(s: int) -> list[tuple[int, Window]]:
             return [(i, windows[i]) for i in range(s * shard_size, min(n, (s + 1) * shard_size))]
 
+        checked = reconstruction_samples(cfg, windows)
+
         with progress() as bar:
             task = bar.add_task("pass 2: encode + write", total=len(todo), status="")
             pending: dict[Any, int] = {}
@@ -312,7 +337,9 @@ def build_cache(
                     while queue and idle:
                         s = queue.pop(0)
                         actor = idle.pop(0)
-                        pending[actor.process_shard.remote(out, s, rows_of(s), shapes)] = actors.index(actor)
+                        rows = rows_of(s)
+                        check = [i for i, _ in rows if i in checked]
+                        pending[actor.process_shard.remote(out, s, rows, shapes, check)] = actors.index(actor)
                     ready, _ = ray.wait(list(pending), num_returns=1)
                     for ref in ready:
                         idle.append(actors[pending.pop(ref)])
@@ -330,7 +357,8 @@ def build_cache(
     seconds = time.perf_counter() - t_start
     ok = int((status == "ok").sum())
     failed = int((status == "failed").sum())
-    return CacheSummary(out, n, ok, failed, total.frames, seconds, total.bytes, len(finished), total)
+    return CacheSummary(out, n, ok, failed, total.frames, seconds, total.bytes, len(finished), total,
+                        meta.get("codec", {}).get("reconstruction"))
 
 
 def _open_or_create_meta(meta_path: str, settings: dict[str, Any], windows: Sequence[Window], shard_size: int) -> dict[str, Any]:
@@ -364,23 +392,25 @@ def _import_pca(cfg: Config) -> PCA:
     return PCA.open(cfg.pca.checkpoint, allow_pickle=cfg.pca.allow_pickle)
 
 
-def _fit_pca_pass(ray: Any, actors: list[Any], cfg: Config, windows: Sequence[Window], dim: int) -> tuple[PCA, dict[str, Any], StageTimes]:
+def _fit_pass(ray: Any, actors: list[Any], cfg: Config, windows: Sequence[Window], dim: int, *, pca: bool, codec: bool
+              ) -> tuple[dict[str, PCAAccumulator | None], int, StageTimes]:
+    """Pass 1 over the fit windows: merged float64 sums for the feature PCA and/or the linear codec's blocks."""
     fit = [w for w in windows if w.clip.split == cfg.pca.fit_split]
     if not fit:
         raise CacheError(
-            f"no {cfg.pca.fit_split!r} windows to fit the PCA on; pass an existing PCA with --pca PATH "
-            f"(e.g. another cache's pca.safetensors) or include that split"
+            f"no {cfg.pca.fit_split!r} windows to fit the PCA / linear codec on; pass an existing PCA with --pca PATH "
+            f"(e.g. another cache's pca.safetensors) and codec with --codec-weights, or include that split"
         )
     if cfg.pca.fit_max_windows and len(fit) > cfg.pca.fit_max_windows:
         picks = np.linspace(0, len(fit) - 1, cfg.pca.fit_max_windows).round().astype(int)
         fit = [fit[i] for i in picks]
     chunks = [list(c) for c in np.array_split(np.arange(len(fit)), min(len(fit), 4 * len(actors))) if len(c)]
     total = StageTimes()
-    acc = PCAAccumulator(dim)
+    what = " + ".join(name for name, on in (("PCA", pca), ("codec", codec)) if on)
     with progress() as bar:
-        task = bar.add_task("pass 1: PCA sums", total=len(chunks), status="")
-        refs = [actors[i % len(actors)].accumulate.remote([fit[j] for j in chunk]) for i, chunk in enumerate(chunks)]
-        parts: dict[int, tuple[dict[str, np.ndarray], StageTimes]] = {}
+        task = bar.add_task(f"pass 1: {what} sums", total=len(chunks), status="")
+        refs = [actors[i % len(actors)].accumulate.remote([fit[j] for j in chunk], pca, codec) for i, chunk in enumerate(chunks)]
+        parts: dict[int, tuple[dict[str, Any], StageTimes]] = {}
         remaining = list(refs)
         try:
             while remaining:
@@ -392,20 +422,53 @@ def _fit_pca_pass(ray: Any, actors: list[Any], cfg: Config, windows: Sequence[Wi
             if isinstance(original, InputError):
                 raise CacheError(f"--strict: {original}. Fix or remove that file, or run without --strict.") from None
             raise original from None
+    sums: dict[str, PCAAccumulator | None] = {"pca": None, "codec": None}
     for i in range(len(refs)):  # merge in a fixed order: the fit is deterministic
-        state, times = parts[i]
-        acc.merge(PCAAccumulator.from_state_dict(state))
+        states, times = parts[i]
+        for key, state in states.items():
+            if state is not None:
+                part = PCAAccumulator.from_state_dict(state)
+                sums[key] = part if sums[key] is None else sums[key].merge(part)
         total.add(times)
-    if acc.count < cfg.pca.components:
-        raise CacheError(f"only {acc.count} tokens to fit a {cfg.pca.components}-component PCA; add training windows")
-    pca = fit_pca(acc, cfg.pca.components)
-    info = {
-        "source": "fit",
-        "fit_windows": len(fit),
-        "fit_tokens": int(acc.count),
-        "explained_variance_ratio_sum": float(pca.explained_variance_ratio.sum()),
-    }
-    return pca, info, total
+    return sums, len(fit), total
+
+
+def _linear_codec(cfg: Config, path: str, sums: PCAAccumulator | None) -> LinearCodec:
+    """The cache's linear codec: the one already in it, a reused file (codec.weights), or fitted from pass 1's sums."""
+    c = cfg.codec
+    if atomic.exists(path):
+        codec = LinearCodec.load(path)
+    elif c.weights:
+        codec = LinearCodec.load(c.weights)
+    else:
+        if sums is None or sums.count < c.latent_channels:
+            raise CacheError(f"too few space-time blocks ({0 if sums is None else sums.count}) to fit a "
+                             f"{c.latent_channels}-channel linear codec; add training windows")
+        codec = fit_linear_codec(sums, c.latent_channels, c.temporal_factor, c.spatial_factor)
+    got = (codec.temporal_factor, codec.spatial_factor, codec.channels)
+    want = (c.temporal_factor, c.spatial_factor, c.latent_channels)
+    if got != want:
+        where = path if atomic.exists(path) else c.weights
+        raise CacheError(
+            f"{where}: linear codec with (temporal factor, spatial factor, channels) = {got} but the config says {want}; "
+            "use a matching codec file or a new --out folder"
+        )
+    if not atomic.exists(path):
+        codec.save(path)
+    return codec
+
+
+def _codec_fit_info(codec: LinearCodec, sums: PCAAccumulator | None, fit_windows: int, cfg: Config) -> dict[str, Any]:
+    if sums is None:
+        return {"source": cfg.codec.weights}
+    return {"source": "fit", "fit_windows": fit_windows, "fit_blocks": int(sums.count),
+            "discarded_variance": codec.discarded_variance,
+            "psnr_fit_bound_db": _psnr_of_variance(codec.discarded_variance)}
+
+
+def _psnr_of_variance(mse: float) -> float | None:
+    """PSNR (uint8 scale) of a mean squared error measured on [-1, 1] video (x 127.5 to pixel units)."""
+    return None if mse <= 0 else float(10 * np.log10(255.0**2 / (mse * 127.5**2)))
 
 
 def _meta_body(cfg, dataset, root, settings, info, pca, pca_info, windows, shard_size, shapes) -> dict[str, Any]:
@@ -435,6 +498,7 @@ def _meta_body(cfg, dataset, root, settings, info, pca, pca_info, windows, shard
             "spatial_factor": cfg.codec.spatial_factor,
             "channels": info["codec_channels"],
             "weights": info["codec_weights"],
+            **({"file": layout.CODEC_FILE, "fit": info["codec_fit"]} if "codec_fit" in info else {}),
         },
         "num_samples": len(windows),
         "shard_size": shard_size,
@@ -459,8 +523,33 @@ def _finalize(out: str, meta: dict[str, Any], meta_path: str, manifest: pl.DataF
     write_parquet(failures_path, failures)
     meta["status"] = "complete" if complete and not (status == "pending").any() else "in_progress"
     meta["counts"] = {"ok": int((status == "ok").sum()), "failed": int((status == "failed").sum()), "pending": int((status == "pending").sum())}
+    meta["codec"]["reconstruction"] = _reconstruction(markers, meta["codec"])
     atomic.write_json(meta_path, meta)
     return status
+
+
+def reconstruction_samples(cfg: Config, windows: Sequence[Window]) -> set[int]:
+    """The samples whose codec reconstruction is measured in pass 2: the first `cache.reconstruction_windows` val
+    windows (all when < 0; none for the lossless pixel codec, which is exact by construction)."""
+    limit = cfg.cache.reconstruction_windows
+    if cfg.codec.name == "pixel" or limit == 0:
+        return set()
+    val = [i for i, w in enumerate(windows) if w.clip.split == "val"]
+    return set(val if limit < 0 else val[:limit])
+
+
+def _reconstruction(markers: dict[int, dict[str, Any]], codec: dict[str, Any]) -> dict[str, Any]:
+    """The codec's measured reconstruction: mean per-frame PSNR over the checked val windows (from the markers)."""
+    if codec.get("weights") == "lossless":
+        return {"split": "val", "windows": 0, "psnr_db": None, "note": "lossless: exact by construction"}
+    parts = [m["reconstruction"] for m in markers.values() if m.get("reconstruction")]
+    frames = sum(p["frames"] for p in parts)
+    return {
+        "split": "val",
+        "windows": sum(p["windows"] for p in parts),
+        "frames": frames,
+        "psnr_db": sum(p["psnr_sum"] for p in parts) / frames if frames else None,
+    }
 
 
 def _warn_random(info: dict[str, Any]) -> None:

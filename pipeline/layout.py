@@ -5,6 +5,8 @@ A cache is one directory (local path or fsspec URL):
     meta.json            schema version, window spec, VFM, PCA, codec (names, fingerprints or "random"),
                          config fingerprint, sample count, shard size; later `pool` (Stage 1 fingerprint)
     pca.safetensors      mean, std, components, explained_variance (see pipeline/pca.py)
+    codec.safetensors    the linear codec (block mean, components, latent mean/std), only when codec.name = linear;
+                         meta.json codec.weights = "fit:<fingerprint>", codec.reconstruction = its val-split PSNR
     manifest.parquet     one row per sample (MANIFEST_COLUMNS), written before pass 2, final status after it
     failures.parquet     what could not be read and why (FAILURE_COLUMNS)
     cache.lock           present while a writer runs; a second writer is refused
@@ -26,6 +28,7 @@ SCHEMA_VERSION = 1
 
 META = "meta.json"
 PCA_FILE = "pca.safetensors"
+CODEC_FILE = "codec.safetensors"  # the linear codec fitted in pass 1 (pipeline/codec_linear.py); absent for wan/pixel
 MANIFEST = "manifest.parquet"
 FAILURES = "failures.parquet"
 LOCK = "cache.lock"

@@ -136,8 +136,11 @@ class PCAAccumulator:
         return acc
 
 
-def fit_pca(acc: PCAAccumulator, components: int) -> PCA:
-    """Exact PCA (z-score, covariance, one eigendecomposition) of everything the accumulator has seen."""
+def fit_pca(acc: PCAAccumulator, components: int, standardize: bool = True) -> PCA:
+    """Exact PCA (z-score, covariance, one eigendecomposition) of everything the accumulator has seen.
+
+    `standardize=False` skips the z-score (std = 1 everywhere): the PCA of the raw covariance, which minimises the
+    reconstruction error in the input's own units (what a pixel codec wants; see pipeline/codec_linear.py)."""
     n, dim = acc.count, acc.dim
     if n < 2:
         raise ValueError(f"fitting a PCA needs at least 2 tokens, the accumulator has {n}")
@@ -152,6 +155,8 @@ def fit_pca(acc: PCAAccumulator, components: int) -> PCA:
     mean_square = np.diag(acc.sum_outer) / n
     constant = variance <= CONSTANT_DIM_RELATIVE_VARIANCE * mean_square
     std = np.where(constant, 1.0, np.sqrt(np.maximum(variance, 0.0)))
+    if not standardize:
+        std = np.ones_like(std)
 
     cov_z /= std[:, None]
     cov_z /= std[None, :]  # Cz = Cx / (sd sd^T)

@@ -168,8 +168,10 @@ def create_arrays(root: str, num_samples: int, shard_size: int, specs: Sequence[
         )
 
 
-def write_shard(root: str, shard: int, shard_size: int, arrays: dict[str, np.ndarray], statuses: list[dict[str, Any]], done_dir: str = layout.DONE_DIR) -> int:
-    """Write every array of one shard, then its completion marker. Returns bytes of array data written."""
+def write_shard(root: str, shard: int, shard_size: int, arrays: dict[str, np.ndarray], statuses: list[dict[str, Any]],
+                done_dir: str = layout.DONE_DIR, extra: dict[str, Any] | None = None) -> int:
+    """Write every array of one shard, then its completion marker (with `extra` fields, e.g. the codec's measured
+    reconstruction). Returns bytes of array data written."""
     group = zarr.open_group(store=root, mode="a")
     start = shard * shard_size
     written = 0
@@ -180,7 +182,8 @@ def write_shard(root: str, shard: int, shard_size: int, arrays: dict[str, np.nda
             raise CacheError(f"shard {shard} of {name}: data {data.shape} does not fit array {arr.shape}")
         arr[start:stop] = data.astype(arr.dtype, copy=False)
         written += data.nbytes
-    atomic.write_json(atomic.join(root, done_dir, layout.shard_done_name(shard)), {"shard": shard, "samples": statuses})
+    marker = {"shard": shard, "samples": statuses, **(extra or {})}
+    atomic.write_json(atomic.join(root, done_dir, layout.shard_done_name(shard)), marker)
     return written
 
 

@@ -110,6 +110,7 @@ def tiny_stage1_overrides(**extra: Any) -> dict[str, Any]:
         "stage1.train.num_workers": 0,
         "stage1.train.log_every": 1,
         "stage1.train.val_batches": 1,
+        "stage1.optim.lr": 1e-3,  # the float-agreement tests were sized for this rate
     }
     base.update(extra)
     return base

@@ -17,7 +17,9 @@ import zarr
 
 from configs.schema import load_config
 from pipeline import layout
-from pipeline.codec import build_codec
+from pipeline.codec import frame_psnr
+from pipeline.codec_linear import LinearCodec, add_video, block_accumulator, fit_linear_codec
+from pipeline.codec_pixel import PixelCodec
 from pipeline.dag import build_cache
 from pipeline.decode import read_frames
 from pipeline.sources import list_clips
@@ -26,25 +28,6 @@ from pipeline.store import CacheError, CacheReader, WriterLock
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared" / "data").resolve()
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_config("tiny", ["cache.shard_size=2"])
-
-
-@pytest.fixture(scope="module")
-def sample_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    write_sample_dataset(root, train=4, val=2, height=64, width=128, seed=3, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def full_cache(tiny, sample_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cache") / "full"
-    summary = build_cache(tiny, "synthetic", sample_data, out, workers=2, allow_random_weights=True)
-    return out, summary
 
 
 def _arrays(path):
@@ -77,18 +60,62 @@ def test_end_to_end_synthetic(tiny, full_cache, sample_data):
     assert set(m["status"].to_list()) == {"ok"}
 
 
-def test_pixel_latents_decode_to_the_frames(tiny, full_cache, sample_data):
-    """The pixel codec is lossless: decoding a cached latent gives the window's frames (up to float16)."""
-    out, _ = full_cache
+def test_linear_codec_fitted_across_workers_and_decodes_the_frames(tiny, full_cache, sample_data):
+    """The DAG fits the linear codec from per-worker block sums (merged): it equals a fit of all training windows in
+    one process, meta.json records it with the val PSNR, and decoding the cached latents gives the frames at that PSNR."""
+    out, summary = full_cache
     reader = CacheReader(out)
-    row = reader.manifest.row(1, named=True)
-    clip = next(c for c in list_clips("synthetic", sample_data, tiny.sources["synthetic"]) if c.clip_id == row["clip_id"])
-    frames = read_frames(clip, row["frame_indices"], tiny.window.height, tiny.window.width)
-    latents = torch.from_numpy(reader.array(layout.LATENTS)[1].astype(np.float32)).permute(1, 0, 2, 3)[None]
-    video = build_codec(tiny.codec).decode(latents)[0]  # [3, T, H, W]
-    expected = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
-    assert video.shape == expected.shape
-    assert torch.allclose(video, expected, atol=2e-3)
+    codec = LinearCodec.load(out / layout.CODEC_FILE)
+    meta = reader.meta["codec"]
+    assert meta["name"] == "linear" and meta["weights"] == codec.weights and meta["file"] == layout.CODEC_FILE
+    assert meta["fit"]["fit_windows"] == 4 and meta["fit"]["discarded_variance"] == pytest.approx(codec.discarded_variance)
+    rec = meta["reconstruction"]
+    assert rec["split"] == "val" and rec["windows"] == 2 and rec["frames"] == 2 * tiny.window.frames
+    assert summary.reconstruction == rec and f"{rec['psnr_db']:.1f} dB" in summary.line()
+
+    clips = {c.clip_id: c for c in list_clips("synthetic", sample_data, tiny.sources["synthetic"])}
+    acc = block_accumulator(4, 4)
+    psnrs = []
+    for i, row in enumerate(reader.manifest.iter_rows(named=True)):
+        frames = read_frames(clips[row["clip_id"]], row["frame_indices"], tiny.window.height, tiny.window.width)
+        video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        if row["split"] == "train":
+            add_video(acc, PixelCodec(4, 4), video)
+        else:
+            latents = torch.from_numpy(reader.array(layout.LATENTS)[i].astype(np.float32)).permute(1, 0, 2, 3)[None]
+            decoded = ((codec.decode(latents)[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 3, 0).numpy()
+            psnrs.append(frame_psnr(decoded, frames))
+    direct = fit_linear_codec(acc, 16, 4, 4)
+    np.testing.assert_allclose(direct.eigenvalues.numpy(), codec.eigenvalues.numpy(), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose((direct.components * codec.components).sum(1).abs().numpy(), 1.0, atol=1e-5)
+    assert np.concatenate(psnrs).mean() == pytest.approx(rec["psnr_db"], abs=1e-6)
+    assert rec["psnr_db"] > 20.0
+
+
+def test_a_cache_without_its_codec_file_or_with_another_is_refused_by_name(tiny, full_cache, tmp_path):
+    import shutil
+
+    from eval.predict import build_frozen_codec
+
+    out, _ = full_cache
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    meta = CacheReader(copy).meta
+    assert build_frozen_codec(meta, tiny.to_dict(), None, False, torch.device("cpu"), str(copy)).weights == meta["codec"]["weights"]
+    other, _ = fit_linear_codec_of_noise()
+    other.save(copy / layout.CODEC_FILE)
+    with pytest.raises(CacheError, match=rf"{layout.CODEC_FILE}.*not the one the cache's latents were made with"):
+        build_frozen_codec(meta, tiny.to_dict(), None, False, torch.device("cpu"), str(copy))
+    (copy / layout.CODEC_FILE).unlink()
+    with pytest.raises(ValueError, match=rf"{layout.CODEC_FILE} does not exist"):
+        build_frozen_codec(meta, tiny.to_dict(), None, False, torch.device("cpu"), str(copy))
+
+
+def fit_linear_codec_of_noise():
+    video = torch.rand(1, 3, 9, 16, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    acc = block_accumulator(4, 4)
+    add_video(acc, PixelCodec(4, 4), video)
+    return fit_linear_codec(acc, 16, 4, 4), video
 
 
 def test_labels_cached(full_cache):

@@ -56,7 +56,7 @@ def test_pixel_channel_layout_follows_the_documented_formula():
 
 
 def test_pixel_codec_from_the_tiny_config():
-    cfg = load_config("tiny")
+    cfg = load_config("tiny", ["codec.name=pixel"])
     codec = build_codec(cfg.codec)
     assert isinstance(codec, Codec) and codec.weights == "lossless"
     assert codec.channels == cfg.codec.channels == 3 * 4 * 4 * 4
@@ -84,7 +84,7 @@ def test_frame_rule_and_bad_shapes_are_rejected():
 
 
 def test_unknown_codec_name_is_rejected():
-    with pytest.raises(ValueError, match="choose 'wan' or 'pixel'"):
+    with pytest.raises(ValueError, match="choose 'wan', 'linear' or 'pixel'"):
         build_codec(CodecConfig(name="vqgan"))
 
 
@@ -150,7 +150,7 @@ def test_wan_is_causal(wan, clip, latents):
 def test_wan_refuses_without_weights_and_random_is_deterministic(wan, monkeypatch):
     with pytest.raises(MissingWeightsError) as err:
         build_codec(wan_cfg())
-    assert "--vae-weights PATH" in str(err.value) and "--codec pixel" in str(err.value) and "--allow-random-weights" in str(err.value)
+    assert "--codec-weights PATH" in str(err.value) and "--codec pixel" in str(err.value) and "--allow-random-weights" in str(err.value)
     with pytest.raises(MissingWeightsError, match=r"Wan2\.1_VAE\.pth.*does not exist"):
         build_codec(wan_cfg(weights="/nonexistent/Wan2.1_VAE.pth"))
     again = build_codec(wan_cfg(), allow_random_weights=True)

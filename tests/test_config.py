@@ -24,7 +24,7 @@ def test_tiny_preset_keeps_the_protocol_and_matches_grids():
     cfg = load_config("tiny")
     assert cfg.latent_frames == 7 and cfg.feature_frame_indices == [0, 4, 8, 12, 16, 20, 24]
     assert (cfg.vfm.input_height // 14, cfg.vfm.input_width // 14) == cfg.token_grid
-    assert cfg.codec.channels == 3 * 4 * 4 * 4
+    assert cfg.codec.name == "linear" and cfg.codec.channels == 16  # WAN-shaped: 64 numbers per 2x2 token
 
 
 def test_overrides_apply_and_round_trip():

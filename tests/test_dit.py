@@ -298,3 +298,16 @@ def test_bench_dit_runs_and_reports_both_networks(capsys):
     for figures in result["models"].values():
         assert figures["step_s"] > 0 and figures["tokens_per_s"] > 0 and figures["saved_mib"] > 0
     assert "bench dit:" in capsys.readouterr().out
+
+
+def test_a_token_wider_than_the_model_warns_naming_both_numbers():
+    import warnings
+
+    from configs.schema import DiTConfig
+    from models.dit import VideoDiT
+
+    with pytest.warns(UserWarning, match=r"768 numbers \(192 latent channels x 2x2 patch\).*width is 96"):
+        VideoDiT(DiTConfig(width=96, depth=1, heads=4, adaln_lora_dim=8, latent_channels=192))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VideoDiT(DiTConfig(width=96, depth=1, heads=4, adaln_lora_dim=8, latent_channels=16))

@@ -28,7 +28,9 @@ def sample(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     # 10 train snippets: one city under the short-snippet rule; 2 val: one city under the long-recording rule.
     info = write_sample_dataset(root, train=10, val=2, height=H, width=W, seed=0, progress=False)
-    assert info == {"train": 10, "val": 2, "frames": 12 * 30, "segmentation": 12, "depth": 12}
+    counts = {k: info[k] for k in ("train", "val", "frames", "segmentation", "depth")}
+    assert counts == {"train": 10, "val": 2, "frames": 12 * 30, "segmentation": 12, "depth": 12}
+    assert info["seconds"] > 0 and info["frames_per_s"] == pytest.approx(info["frames"] / info["seconds"])
     assert json.loads((root / "sample_dataset.json").read_text())["train_ids"]["car"] == 13
     return root
 

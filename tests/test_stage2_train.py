@@ -35,7 +35,7 @@ CHANNELS = LATENT_CHANNELS * PATCH * PATCH  # features = the patchified latents:
 def overrides(**extra):
     """A tiny Stage 2 run on the fixture cache (12 feature channels, 3 latent channels, 8x12 latents)."""
     base = {
-        "pca.components": CHANNELS,
+        "pca.components": CHANNELS, "codec.name": "pixel",  # the fixture cache records a pixel codec
         "stage2.model.width": 48, "stage2.model.depth": 2, "stage2.model.heads": 2, "stage2.model.adaln_lora_dim": 16,
         "stage2.nested_dropout_levels": [4, 8], "stage2.mixed_supervision_prob": 0.0,
         "stage2.projector_dim": 32, "stage2.align_block": 1,

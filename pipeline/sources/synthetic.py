@@ -25,6 +25,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,39 +65,66 @@ def list_synthetic(root: Path, cfg: SourceConfig, *, on_error: OnError | None = 
 
 
 def write_sample_dataset(
-    out: Path, train: int = 24, val: int = 8, height: int = 128, width: int = 256, seed: int = 0, progress: bool = True
+    out: Path, train: int = 24, val: int = 8, height: int = 128, width: int = 256, seed: int = 0, progress: bool = True,
+    workers: int = 1,
 ) -> dict:
-    """Render `train` + `val` snippets under `out`. Returns the counts {train, val, frames, segmentation, depth};
-    `out/sample_dataset.json` records them with the parameters and the label conventions."""
+    """Render `train` + `val` snippets under `out`. Returns the counts {train, val, frames, segmentation, depth,
+    seconds, frames_per_s}; `out/sample_dataset.json` records them with the parameters and the label conventions.
+
+    `workers` > 1 renders snippets in that many processes. Every snippet draws from its own generator seeded by
+    (seed, split, index), so the files are byte-identical whatever the number of workers."""
     if train < 0 or val < 0 or train + val == 0:
         raise ValueError(f"need train >= 0, val >= 0 and at least one snippet, got train={train}, val={val}")
     if height < 16 or width < 32:
         raise ValueError(f"sample frames must be at least 16x32 pixels, got {height}x{width}")
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be >= 1")
     out = Path(out)
-    jobs = [(split, i) for split, n in (("train", train), ("val", val)) for i in range(n)]
+    t0 = time.perf_counter()
+    jobs = [(out, split, index, train if split == "train" else val, height, width, seed)
+            for split, n in (("train", train), ("val", val)) for index in range(n)]
     counts = {"frames": 0, "segmentation": 0, "depth": 0}
     with progress_bar() as bar:
         task = bar.add_task("rendering sample data", total=len(jobs), status="", visible=progress)
-        for split, index in jobs:
-            city, seq = _city_and_sequence(split, index, train if split == "train" else val)
-            scene = draw_scene(np.random.default_rng([seed, ("train", "val").index(split), index]))
-            for frame in range(SNIPPET_FRAMES):
-                rgb, label, depth = render_frame(scene, frame, height, width)
-                stem = f"{city}_{seq:06d}_{frame:06d}"
-                _write_png(out / SEQUENCE_DIR / split / city / (stem + FRAME_SUFFIX), rgb)
-                counts["frames"] += 1
-                if frame == ANNOTATED_INDEX:
-                    _write_png(out / SEGMENTATION_DIR / split / city / (stem + SEGMENTATION_SUFFIX), label)
-                    depth_dir, depth_suffix = DEPTH_LOCATIONS[0]
-                    _write_png(out / depth_dir / split / city / (stem + depth_suffix), depth)
-                    counts["segmentation"] += 1
-                    counts["depth"] += 1
-            bar.update(task, advance=1, status=f"{split} {city}_{seq:06d}")
+        if workers == 1:
+            done = map(_render_snippet, jobs)
+        else:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            done = pool.map(_render_snippet, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+        try:
+            for name, snippet_counts in done:
+                for key, value in snippet_counts.items():
+                    counts[key] += value
+                bar.update(task, advance=1, status=name)
+        finally:
+            if workers > 1:
+                pool.shutdown()
+    seconds = time.perf_counter() - t0
     counts = {"train": train, "val": val, **counts}
     info = {**counts, "height": height, "width": width, "seed": seed, "fps": FPS, "train_ids": TRAIN_IDS,
             "ignore": IGNORE, "depth_encoding": f"255*{DEPTH_NEAR}/Z (1..255), 0 invalid"}
     atomic.write_text(out / INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return counts
+    return {**counts, "seconds": seconds, "frames_per_s": counts["frames"] / seconds if seconds > 0 else 0.0}
+
+
+def _render_snippet(job: tuple) -> tuple[str, dict[str, int]]:
+    """Render and write one snippet (a process-pool task): its 30 frames and the labels of the annotated frame."""
+    out, split, index, total, height, width, seed = job
+    city, seq = _city_and_sequence(split, index, total)
+    scene = draw_scene(np.random.default_rng([seed, ("train", "val").index(split), index]))
+    counts = {"frames": 0, "segmentation": 0, "depth": 0}
+    for frame in range(SNIPPET_FRAMES):
+        rgb, label, depth = render_frame(scene, frame, height, width)
+        stem = f"{city}_{seq:06d}_{frame:06d}"
+        _write_png(out / SEQUENCE_DIR / split / city / (stem + FRAME_SUFFIX), rgb)
+        counts["frames"] += 1
+        if frame == ANNOTATED_INDEX:
+            _write_png(out / SEGMENTATION_DIR / split / city / (stem + SEGMENTATION_SUFFIX), label)
+            depth_dir, depth_suffix = DEPTH_LOCATIONS[0]
+            _write_png(out / depth_dir / split / city / (stem + depth_suffix), depth)
+            counts["segmentation"] += 1
+            counts["depth"] += 1
+    return f"{split} {city}_{seq:06d}", counts
 
 
 def _city_and_sequence(split: str, index: int, total: int) -> tuple[str, int]:
