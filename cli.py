@@ -193,7 +193,7 @@ def train_stage1(
 @app.command("make-predicted-pool")
 @_friendly_errors
 def make_predicted_pool(
-    stage1: Optional[str] = typer.Option(None, "--stage1", help="Stage 1 checkpoint or run folder (default: <paths.root>/stage1)."),
+    stage1: Optional[str] = typer.Option(None, "--stage1", help="Stage 1 checkpoint, or run folder with optional @best / @latest / @<step> (default: <paths.root>/stage1, the run's best)."),
     cache: Optional[str] = CacheOpt,
     config: str = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
@@ -201,13 +201,15 @@ def make_predicted_pool(
     batch_size: int = typer.Option(8, help="Windows per rollout batch."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     overwrite: bool = typer.Option(False, help="Replace a pool written by another Stage 1 checkpoint."),
+    folds: int = typer.Option(1, help="Cross-fit the pool: K Stage 1 models, each trained like --stage1 without one fold, predict that fold (costs K trainings; 1 = the given checkpoint predicts every window)."),
 ) -> None:
-    """Roll Stage 1 out on every training window and write its predicted future features into the cache's pool/."""
+    """Roll Stage 1 out on every training window and write its predicted future features into the cache's pool/;
+    prints how close the pool is to the truth next to Stage 1's forecasts of the val windows."""
     from train.pool import make_predicted_pool as run
 
     cfg = _config(config, set_)
     run(cache or default_cache(cfg), stage1 or str(Path(cfg.paths.root) / "stage1"), fraction=fraction, batch_size=batch_size,
-        device=device, overwrite=overwrite)
+        device=device, overwrite=overwrite, folds=folds)
 
 
 # ------------------------------------------------------------------------------------------ stage 2
@@ -307,7 +309,7 @@ def evaluate(
     config: str = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     heads: Optional[str] = typer.Option(None, help="The train-heads output folder (default: <paths.root>/heads)."),
-    stage1: Optional[str] = typer.Option(None, "--stage1", help="Stage 1 checkpoint or run folder (default: <paths.root>/stage1)."),
+    stage1: Optional[str] = typer.Option(None, "--stage1", help="Stage 1 checkpoint, or run folder with optional @best / @latest / @<step> (default: <paths.root>/stage1, the run's best)."),
     stage2: Optional[list[str]] = typer.Option(None, "--stage2", help="NAME=PATH of a Stage 2 run, repeatable, e.g. --stage2 Re2Pix=runs/tiny/stage2 --stage2 Baseline=runs/tiny/baseline."),
     out: Optional[str] = typer.Option(None, help="Output folder (default: <paths.root>/eval)."),
     samples: Optional[int] = typer.Option(None, help="Independent samples per generative row; > 1 reports mean ± std (appendix 6.1)."),

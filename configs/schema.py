@@ -130,6 +130,9 @@ class CacheConfig:
     strict: bool = False  # fail fast on the first bad input instead of recording it
     # Val windows whose codec reconstruction PSNR is measured in pass 2 (meta.json codec.reconstruction; -1 = all).
     reconstruction_windows: int = 32
+    # Also cache the PCA features of the horizontally flipped feature frames (Stage 1's flip augmentation): one more
+    # VFM pass over the feature frames and one more features array.
+    flipped_features: bool = False
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -189,6 +192,7 @@ class Stage1Config:
         default_factory=lambda: OptimConfig(lr=6.4e-4, betas=[0.9, 0.99], schedule="cosine", reference_batch=64)
     )
     smooth_l1_beta: float = 0.1
+    hflip: bool = False  # DINO-Foresight's random horizontal flip (p = 0.5); needs a cache with cache.flipped_features
 
 
 @dataclass
@@ -219,7 +223,7 @@ class DiffusionConfig:
     high_sigma_prob: float = 0.05
     high_sigma_min: float = 200.0
     high_sigma_max: float = 1e5
-    scale_sigma_by_frames: bool = True  # Cosmos multiplies σ by √(latent frames); paper silent
+    scale_sigma_by_frames: bool = False  # paper eq. 11 (ln σ ~ N(0, 1)); True: Cosmos-Predict2 multiplies σ by √(latent frames)
     context_c_noise: float = 0.001  # paper; Cosmos-Predict2 uses t(1e-4)
     sampler: str = "multistep"  # multistep (Cosmos AB2) | euler
     steps: int = 35

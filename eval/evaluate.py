@@ -429,6 +429,7 @@ def evaluate(
     loaded_heads = _load_heads(heads, meta, pca, dev)
     s1_path, s1_config = checkpoint_config(stage1, "stage1")
     stage1_model, s1_loaded = ckpt.load_model_for_inference(s1_path, build_stage1_model, device=dev)
+    s1_loaded["selected"] = s1_config["selected"]
     _check_stage1(meta, pca, s1_loaded, cache)
 
     jobs: list[_Job] = []
@@ -439,7 +440,7 @@ def evaluate(
         if all_checkpoints:  # s2_path is <run>/checkpoints/step_N: every complete sibling is a point of the curve
             paths = sorted({p for p in s2_path.parent.glob("step_*") if ckpt.is_complete(p)} | {s2_path})
         for p in paths:
-            config = ckpt.read_config(p)
+            config = {**ckpt.read_config(p), "selected": s2_config["selected"] if p == s2_path else "a metric-vs-step point"}
             jobs.append(_Job(name, p, config, main=(p == s2_path), step=int(config.get("step", 0))))
     if baseline is None:
         plain = [j.run for j in jobs if j.main and j.config.get("conditioning") == "none" and j.config.get("alignment") == "none"]
@@ -576,8 +577,8 @@ def evaluate(
         return {"kind": kind, "samples": len(accs), **extra, "metrics": {k: summarize([p.get(k) for p in per_sample]) for k in keys}}
 
     def provenance_of(config: dict[str, Any], path: Path) -> dict[str, Any]:
-        return {"checkpoint": str(path), "step": config.get("step"), "random_weights": bool(config.get("random_weights")),
-                "loaded_weights": config.get("loaded_weights")}
+        return {"checkpoint": str(path), "selected": config.get("selected"), "step": config.get("step"),
+                "random_weights": bool(config.get("random_weights")), "loaded_weights": config.get("loaded_weights")}
 
     results_rows: dict[str, Any] = {COPY_ROW: row_result("copy_last", [reference[COPY_ROW]], {})}
     steps: dict[str, list[dict[str, Any]]] = {}

@@ -91,8 +91,8 @@ def read_input_frames(path: str | Path, frames: int, context_frames: int, height
 
 def checkpoint_config(path: str | Path, stage: str) -> tuple[Path, dict[str, Any]]:
     """(resolved folder, config.json) of a checkpoint or run folder, refused unless it was written by `stage`."""
-    resolved = ckpt.resolve_checkpoint(path)
-    config = ckpt.read_config(resolved)
+    resolved, why = ckpt.select_checkpoint(path)
+    config = {**ckpt.read_config(resolved), "selected": why}
     found = config.get("stage")
     if found != stage:
         raise ckpt.CheckpointError(
@@ -381,9 +381,9 @@ def predict(
         "sample_seeds": [_sample_seed(seed, i) for i in range(samples)],
         "device": str(dev),
         "sampling": {k: getattr(dcfg, k) for k in ("sampler", "steps", "sigma_max", "sigma_min", "rho", "guidance_weight", "guidance_components", "inference_components")},
-        "stage1": {"checkpoint": str(s1_path), "weights": s1_loaded["loaded_weights"], "step": s1_config.get("step"),
+        "stage1": {"checkpoint": str(s1_path), "selected": s1_config["selected"], "weights": s1_loaded["loaded_weights"], "step": s1_config.get("step"),
                    "random_weights": bool(s1_config.get("random_weights"))},
-        "stage2": {"checkpoint": str(s2_path), "weights": s2_loaded["loaded_weights"], "step": s2_config.get("step"),
+        "stage2": {"checkpoint": str(s2_path), "selected": s2_config["selected"], "weights": s2_loaded["loaded_weights"], "step": s2_config.get("step"),
                    "random_weights": bool(s2_config.get("random_weights")), "conditioning": stage2.spec.dit.conditioning,
                    "alignment": stage2.spec.alignment},
         "cache": cache_root,

@@ -175,7 +175,11 @@ class FeatureForesight(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return rearrange(self.head(x[:, -1]), "b h w c -> b c h w")
+        # The head runs in float32 even under autocast: bf16 keeps 8 bits of mantissa, so a PCA coefficient of 37.777
+        # would come out as 37.75, coarser than SmoothL1's beta = 0.1 for every coefficient above 16.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = self.head(x[:, -1].float())
+        return rearrange(out, "b h w c -> b c h w")
 
     def loss(self, feats: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
         """SmoothL1(beta) between forward(feats) and feats[:, -1], mean over the masked tokens and channels."""

@@ -234,6 +234,9 @@ class CacheWorker:
             layout.SEGMENTATION: np.full((n, *shapes[layout.SEGMENTATION]), layout.IGNORE_LABEL, np.uint8),
             layout.DEPTH: np.full((n, *shapes[layout.DEPTH]), layout.INVALID_DEPTH, np.uint8),
         }
+        flipped = layout.FEATURES_FLIPPED in shapes
+        if flipped:
+            arrays[layout.FEATURES_FLIPPED] = np.zeros((n, *shapes[layout.FEATURES_FLIPPED]), np.float32)
         statuses = []
         check = set(int(s) for s in check_reconstruction)
         pending: list[tuple[int, np.ndarray]] = []
@@ -241,7 +244,9 @@ class CacheWorker:
         def flush() -> None:
             t0 = time.perf_counter()
             for slot, feats in self._vfm_batches(pending):
-                arrays[layout.FEATURES][slot] = self.pca.project_maps(feats).float().cpu().numpy()
+                # Slots >= n are the flipped copies of window slot - n (one VFM batch for both).
+                name = layout.FEATURES if slot < n else layout.FEATURES_FLIPPED
+                arrays[name][slot % n] = self.pca.project_maps(feats).float().cpu().numpy()
             times.vfm += time.perf_counter() - t0
             pending.clear()
 
@@ -253,6 +258,8 @@ class CacheWorker:
                 statuses.append({"sample": sample, "status": "failed"})
                 continue
             pending.append((j, dec.frames[self.cfg.feature_frame_indices]))
+            if flipped:
+                pending.append((n + j, np.ascontiguousarray(dec.frames[self.cfg.feature_frame_indices][:, :, ::-1])))
             t0 = time.perf_counter()
             arrays[layout.LATENTS][j] = self._latents(dec.frames)
             if sample in check:

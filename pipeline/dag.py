@@ -84,7 +84,8 @@ def cache_settings(cfg: Config, dataset: str, root: str) -> dict[str, Any]:
         "vfm": {k: c["vfm"][k] for k in ("name", "layers", "input_height", "input_width", "weights", "overrides")},
         "pca": {k: c["pca"][k] for k in ("components", "fit_split", "fit_max_windows", "checkpoint")},
         "codec": {k: c["codec"][k] for k in ("name", "temporal_factor", "spatial_factor", "latent_channels", "weights", "overrides")},
-        "cache": {k: c["cache"][k] for k in ("shard_size", "dtype", "compressor", "compression_level")},
+        "cache": {k: c["cache"].get(k) for k in ("shard_size", "dtype", "compressor", "compression_level")}
+        | ({"flipped_features": True} if c["cache"].get("flipped_features") else {}),
     }
 
 
@@ -162,8 +163,10 @@ def array_specs(cfg: Config, info: dict[str, Any]) -> list[ArraySpec]:
     h, w = info["grid"]
     lh, lw = cfg.latent_hw
     frame = (cfg.window.height, cfg.window.width)
+    flipped = [ArraySpec(layout.FEATURES_FLIPPED, (cfg.latent_frames, cfg.pca.components, h, w), cfg.cache.dtype)]
     return [
         ArraySpec(layout.FEATURES, (cfg.latent_frames, cfg.pca.components, h, w), cfg.cache.dtype),
+        *(flipped if cfg.cache.flipped_features else []),
         ArraySpec(layout.LATENTS, (cfg.latent_frames, info["codec_channels"], lh, lw), cfg.cache.dtype),
         ArraySpec(layout.SEGMENTATION, frame, "uint8", layout.IGNORE_LABEL),
         ArraySpec(layout.DEPTH, frame, "uint8", layout.INVALID_DEPTH),
@@ -506,6 +509,7 @@ def _meta_body(cfg, dataset, root, settings, info, pca, pca_info, windows, shard
         "splits": splits,
         "arrays": {k: [len(windows), *v] for k, v in shapes.items()},
         "random_weights": RANDOM in (info["vfm_weights"], info["codec_weights"]),
+        "flipped_features": bool(cfg.cache.flipped_features),
     }
 
 

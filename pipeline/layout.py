@@ -13,6 +13,8 @@ A cache is one directory (local path or fsspec URL):
     zarr.json + arrays   Zarr v3 group, one row per sample, float16, sharded so one worker writes one shard:
       features           [N, Tf, C, h, w]  PCA coefficients of the VFM features of the feature frames
                                           (window indices 0, r, 2r, ...: the last frame of each latent group)
+      features_flipped   [N, Tf, C, h, w]  the same for the horizontally flipped frames (cache.flipped_features:
+                                          Stage 1's flip augmentation, as DINO-Foresight's random_horizontal_flip)
       latents            [N, Tl, Cz, H, W] codec latents of the whole window (Tl == Tf)
       labels/segmentation [N, H, W] uint8  train ids at window resolution (255 = ignore / no label)
       labels/depth       [N, H, W] uint8   8-bit pseudo-depth (0 = invalid / no label)
@@ -36,6 +38,7 @@ DONE_DIR = "_done"
 POOL_DONE_DIR = "pool/_done"
 
 FEATURES = "features"
+FEATURES_FLIPPED = "features_flipped"
 LATENTS = "latents"
 SEGMENTATION = "labels/segmentation"
 DEPTH = "labels/depth"

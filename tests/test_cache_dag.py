@@ -230,3 +230,31 @@ def test_real_clips_on_ray(tmp_path):
     assert reader.manifest["fps"][0] == pytest.approx(30.0, rel=1e-3)
     lat = reader.array(layout.LATENTS)[:].astype(np.float32)
     assert lat.std() > 0.05  # real pixels, not zeros
+
+
+def test_flipped_features_are_the_features_of_the_flipped_frames_and_stage1_trains_on_them(sample_data, full_cache, tmp_path):
+    from pipeline.cache_worker import CacheWorker
+    from tests.cache_fixtures import tiny_stage1_overrides
+    from train.stage1 import train_stage1
+
+    cfg = load_config("tiny", ["cache.shard_size=2", "cache.flipped_features=true"])
+    out = tmp_path / "flipped"
+    build_cache(cfg, "synthetic", sample_data, out, workers=1, allow_random_weights=True, limit=2)
+    reader = CacheReader(out)
+    assert reader.meta["flipped_features"] is True and reader.meta["settings"]["cache"]["flipped_features"] is True
+    row = reader.manifest.row(0, named=True)
+    clip = next(c for c in list_clips("synthetic", sample_data, cfg.sources["synthetic"]) if c.clip_id == row["clip_id"])
+    frames = read_frames(clip, [row["frame_indices"][i] for i in cfg.feature_frame_indices], cfg.window.height, cfg.window.width)
+    worker = CacheWorker(cfg.to_dict(), allow_random_weights=True)
+    worker.set_pca(str(out / layout.PCA_FILE))
+    flipped = worker.pca.project_maps(worker._vfm_features(np.ascontiguousarray(frames[:, :, ::-1]))).numpy()
+    cached = reader.array(layout.FEATURES_FLIPPED)[0].astype(np.float32)
+    assert np.allclose(cached, flipped, atol=2e-2, rtol=1e-2)
+    assert not np.allclose(cached, reader.array(layout.FEATURES)[0].astype(np.float32), atol=0.1)
+    overrides = {**tiny_stage1_overrides(), "pca.components": cfg.pca.components, "stage1.hflip": True,
+                 "stage1.train.steps": 2, "stage1.train.batch_size": 2, "stage1.train.val_every": 0}
+    result = train_stage1(load_config("tiny", overrides), str(out), str(tmp_path / "s1"))
+    assert np.isfinite(result.loss)
+    with pytest.raises(CacheError, match="cache.flipped_features=true"):
+        train_stage1(load_config("tiny", overrides), str(full_cache[0]), str(tmp_path / "s1b"))
+

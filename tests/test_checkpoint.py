@@ -144,3 +144,53 @@ def test_resume_on_another_cache_is_refused(trained, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="cache_fingerprint"):
         train_stage1(cfg, other, str(out), resume=True, steps=4)
     shutil.rmtree(tmp_path / "other")
+
+
+# ------------------------------------------------------------------------------------------- choice
+
+
+def _save_validated(out, step, val=None):
+    model = torch.nn.Linear(2, 2)
+    ckpt.save_checkpoint(out, step, model_state=model.state_dict(), config={"model": {}, "step": step, "val": val},
+                         train_state={"step": step})
+    if val is not None:
+        ckpt.update_selection(out, step, val, "loss", "min", "best", "lowest validation loss, as DINO-Foresight")
+
+
+def test_the_best_checkpoint_by_validation_and_every_way_to_choose(tmp_path):
+    for step, loss in ((100, 0.5), (200, 0.3), (300, 0.4)):
+        _save_validated(tmp_path, step, {"loss": loss})
+    best, why = ckpt.select_checkpoint(tmp_path)  # the run's default is "best"
+    assert best.name == "step_0000200" and "best by validation loss = 0.3 at step 200" in why and "DINO-Foresight" in why
+    latest, why = ckpt.select_checkpoint(f"{tmp_path}@latest")
+    assert latest.name == "step_0000300" and why.startswith("latest, step 300 (asked for)")
+    step, why = ckpt.select_checkpoint(f"{tmp_path}@100")
+    assert step.name == "step_0000100" and why == "step 100 (asked for)"
+    folder, why = ckpt.select_checkpoint(latest)
+    assert folder == latest and "checkpoint folder was given" in why
+    with pytest.raises(ckpt.CheckpointError, match=r"no complete checkpoint at step 150.*step_0000100"):
+        ckpt.select_checkpoint(f"{tmp_path}@150")
+    assert ckpt.read_selection(tmp_path)["best"] == {"step": 200, "value": 0.3, "checkpoint": "step_0000200"}
+
+
+def test_a_run_without_validation_hands_on_its_latest(tmp_path):
+    _save_validated(tmp_path, 10)
+    _save_validated(tmp_path, 20)
+    path, why = ckpt.select_checkpoint(tmp_path)
+    assert path.name == "step_0000020" and "newest" in why
+    with pytest.raises(ckpt.CheckpointError, match="no best checkpoint"):
+        ckpt.select_checkpoint(f"{tmp_path}@best")
+
+
+def test_trainers_record_validation_with_each_checkpoint_and_track_the_best(tmp_path):
+    cache = make_cache(tmp_path / "cache", num_samples=8, splits=["train"] * 6 + ["val"] * 2)
+    cfg = load_config("tiny", tiny_stage1_overrides(**{"stage1.train.steps": 4, "stage1.train.val_every": 2,
+                                                        "stage1.train.ckpt_every": 2}))
+    result = train_stage1(cfg, cache, str(tmp_path / "run"))
+    configs = {s: ckpt.read_config(tmp_path / "run" / "checkpoints" / ckpt.step_name(s)) for s in (2, 4)}
+    assert all(set(c["val"]) >= {"loss", "cos_step1", "cos_copy_last_step1"} for c in configs.values())
+    selection = ckpt.read_selection(tmp_path / "run")
+    assert selection["default"] == "best" and selection["metric"] == "loss" and selection["mode"] == "min"
+    best = min((2, 4), key=lambda s: configs[s]["val"]["loss"])
+    assert selection["best"]["step"] == best and ckpt.resolve_checkpoint(tmp_path / "run").name == ckpt.step_name(best)
+    assert result.checkpoint.endswith(ckpt.step_name(4))

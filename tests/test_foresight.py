@@ -190,3 +190,16 @@ def test_tiny_model_overfits_a_tiny_batch():
         optimizer.step()
     final = model.loss(feats).item()
     assert final < first / 10, (first, final)
+
+
+def test_the_head_returns_float32_under_bf16_autocast():
+    cfg = Stage1ModelConfig(width=24, heads=2, depth=1, dropout=0.0, context_frames=2, in_channels=4, grid_h=2, grid_w=3)
+    model = FeatureForesight(cfg)
+    torch.nn.init.normal_(model.head.weight, std=1.0)
+    torch.nn.init.constant_(model.head.bias, 37.777)
+    x = torch.randn(2, 3, 4, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.float32
+    # Not rounded to bf16's 8-bit mantissa (steps of 0.25 near 37.8): the values keep float32 resolution.
+    assert not torch.equal(out, out.to(torch.bfloat16).float())

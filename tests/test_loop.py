@@ -12,7 +12,7 @@ from torch import nn
 from configs.schema import ConfigError, OptimConfig, TrainConfig, load_config
 from tests.cache_fixtures import make_cache, tiny_stage1_overrides
 from train import checkpoint as ckpt
-from train.ema import EMA
+from train.ema import EMA, init_weight
 from train.loop import NonFiniteLossError, resolve_mixed_precision, run_training
 from train.optim import build_optimizer, build_schedule, scaled_lr, schedule_factor
 from train.stage1 import train_stage1
@@ -76,11 +76,31 @@ def test_ema_closed_form():
     before = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    ema.update(model)
-    assert torch.allclose(ema.shadow["weight"], 0.9 * before + 0.1 * (before + 1.0))
+    ema.update(model)  # first update: warm-up decay (1 + 0) / (10 + 0) = 0.1 < 0.9
+    assert torch.allclose(ema.shadow["weight"], 0.1 * before + 0.9 * (before + 1.0))
     target = nn.Linear(2, 1)
     ema.copy_to(target)
     assert torch.equal(target.weight, ema.shadow["weight"])
+
+
+@pytest.mark.parametrize("decay, steps", [(0.9999, 40), (0.99, 300), (0.9, 200)])
+def test_ema_weight_of_the_initialisation_matches_the_closed_form(decay, steps):
+    """Weights start at w0 and are set to c before every update: the shadow is w0·P + c·(1 - P), P = prod decay_t."""
+    model = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    ema = EMA(model, decay=decay)
+    with torch.no_grad():
+        model.weight.fill_(-1.0)
+    for _ in range(steps):
+        ema.update(model)
+    p = init_weight(steps, decay)
+    expected = math.prod(min(decay, (1 + t) / (10 + t)) for t in range(steps))
+    assert p == pytest.approx(expected, rel=1e-9)
+    assert torch.allclose(ema.shadow["weight"].double(), torch.full((1, 3), 5.0 * p - 1.0 * (1 - p), dtype=torch.float64), atol=1e-6)
+    assert ema.describe()["updates"] == steps and ema.describe()["init_weight"] == pytest.approx(p)
+    # The fixed-decay EMA this replaces would still hold decay**steps of the initialisation.
+    assert p < decay**steps
 
 
 # ------------------------------------------------------------------------------------------ Stage 1 runs

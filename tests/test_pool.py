@@ -116,3 +116,51 @@ def test_a_cache_held_by_another_writer_is_refused(tmp_path):
     with WriterLock(cache, "cache"):
         with pytest.raises(CacheError, match="another writer"):
             make_predicted_pool(cache, path, device="cpu")
+
+
+def test_pool_measures_itself_against_forecasts_of_unseen_windows(tmp_path):
+    cache = _cache(tmp_path)
+    path, model = _stage1_checkpoint(tmp_path / "s1", seed=0)
+    quality = make_predicted_pool(cache, path, device="cpu")["quality"]
+    reader = CacheReader(cache)
+    feats = torch.from_numpy(reader.array(layout.FEATURES)[:].astype(np.float32))
+    pool = torch.from_numpy(reader.array(layout.POOL_FEATURES)[:].astype(np.float32))
+    train, val = reader.pool_samples().tolist(), reader.samples("val").tolist()
+    expected_pool = torch.nn.functional.cosine_similarity(pool[train], feats[train, 4:], dim=2).mean(dim=(0, 2, 3))
+    with torch.no_grad():
+        forecast = rollout(model, feats[val, 1:4], 3)
+    expected_val = torch.nn.functional.cosine_similarity(forecast, feats[val, 4:], dim=2).mean(dim=(0, 2, 3))
+    expected_copy = torch.nn.functional.cosine_similarity(feats[val, 3:4].expand(-1, 3, -1, -1, -1), feats[val, 4:], dim=2).mean(dim=(0, 2, 3))
+    assert quality["pool_windows"] == len(train) and quality["val_windows"] == len(val)
+    np.testing.assert_allclose(quality["pool_train"], expected_pool.numpy(), atol=1e-4)
+    np.testing.assert_allclose(quality["rollout_val"], expected_val.numpy(), atol=1e-5)
+    np.testing.assert_allclose(quality["copy_last_val"], expected_copy.numpy(), atol=1e-5)
+    assert json.loads((tmp_path / "cache" / layout.META).read_text())["pool"]["quality"] == quality
+
+
+def test_cross_fitted_pool_predicts_each_fold_with_a_model_that_never_saw_it(tmp_path):
+    from configs.schema import load_config
+    from tests.cache_fixtures import tiny_stage1_overrides
+    from train.pool import fold_of
+    from train.stage1 import build_stage1_model, train_stage1
+
+    cache = _cache(tmp_path)
+    cfg = load_config("tiny", tiny_stage1_overrides(**{"stage1.model.context_frames": 3, "stage1.train.steps": 2,
+                                                        "stage1.train.batch_size": 2, "stage1.train.val_every": 0}))
+    train_stage1(cfg, cache, str(tmp_path / "s1"))
+    summary = make_predicted_pool(cache, str(tmp_path / "s1"), device="cpu", folds=2)
+    assert summary["complete"] and summary["folds"] == 2
+    reader = CacheReader(cache)
+    ids = reader.manifest["sample_id"].to_list()
+    feats = torch.from_numpy(reader.array(layout.FEATURES)[:].astype(np.float32))
+    pool = torch.from_numpy(reader.array(layout.POOL_FEATURES)[:].astype(np.float32))
+    for k in range(2):
+        run = tmp_path / "s1" / "folds" / f"fold_{k}_of_2"
+        config = ckpt.read_config(ckpt.resolve_checkpoint(run))
+        rows = [s for s in reader.pool_samples().tolist() if fold_of(ids[s], 2) == k]
+        assert config["train_windows"] == 8 - len(rows)  # trained without its fold
+        model, _ = ckpt.load_model_for_inference(run, build_stage1_model)
+        with torch.no_grad():
+            expected = rollout(model, feats[rows, 1:4], 3)
+        assert torch.allclose(pool[rows], expected.half().float(), atol=1e-3)
+    assert json.loads((tmp_path / "cache" / layout.META).read_text())["pool"]["folds"] == 2

@@ -16,6 +16,7 @@ from models.dit import patchify
 from models.foresight import FeatureForesight
 from pipeline.store import CacheError
 from tests.cache_fixtures import make_cache
+from train.checkpoint import read_config, read_weights
 from train import checkpoint as ckpt
 from train.pool import make_predicted_pool
 from train.stage2 import (
@@ -230,6 +231,11 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     train_stage2(overrides(**settings, **{"stage2.train.steps": 2}), cache, str(tmp_path / "resumed"))
     resumed = train_stage2(overrides(**settings, **{"stage2.train.steps": 4}), cache, str(tmp_path / "resumed"), resume=True)
     assert [resumed.losses[s] for s in (3, 4)] == [straight.losses[s] for s in (3, 4)]
+    # The EMA continues with its warm-up count: the averaged weights are the uninterrupted run's.
+    ema_straight, which = read_weights(straight.checkpoint)
+    ema_resumed, _ = read_weights(resumed.checkpoint)
+    assert which == "ema" and all(torch.equal(ema_straight[k], ema_resumed[k]) for k in ema_straight)
+    assert read_config(resumed.checkpoint)["ema"]["updates"] == 4
 
 
 def test_checkpoint_rebuilds_the_model_and_records_the_cache(tmp_path):

@@ -6,6 +6,11 @@
         config.json         model config, full Config dict, cache fingerprint, step, random-weights flags
         state.pt            optimizer, scheduler, every RNG state (per rank), data position, grad-scaler state
     out_dir/checkpoints/latest   text: the name of the newest complete folder
+    out_dir/checkpoints/selection.json   which checkpoint the run hands on by default ("best" by its validation
+                                         metric or "latest", and why) and its best step so far
+
+Consumers name a checkpoint folder, or a run folder optionally followed by `@best`, `@latest` or `@<step>`
+(`runs/tiny/stage1@best`); a bare run folder gives the run's own default (`select_checkpoint` says which and why).
 
 A checkpoint is assembled in `.tmp_step_N/` and renamed into place only when every file is written; `latest` is
 replaced (atomically) after that rename. A crash therefore leaves at worst a `.tmp_*` folder, which readers ignore and
@@ -28,6 +33,8 @@ from pipeline import atomic
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+SELECTION_FILE = "selection.json"
+CHOICES = ("best", "latest")
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 CONFIG_FILE = "config.json"
@@ -108,21 +115,79 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder, or a run folder (-> its latest checkpoint). Raises CheckpointError naming the path."""
-    path = Path(path)
-    if is_complete(path):
-        return path
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is not None:
-            return found
+def _split_choice(spec: str | os.PathLike) -> tuple[Path, str | None]:
+    """"run@best" -> (run, "best"); "run@1200" -> (run, "1200"); anything else -> (path, None)."""
+    text = str(spec)
+    if "@" in text:
+        head, tail = text.rsplit("@", 1)
+        if tail in CHOICES or tail.isdigit():
+            return Path(head), tail
+    return Path(text), None
+
+
+def read_selection(out_dir: str | os.PathLike) -> dict[str, Any]:
+    path = checkpoints_dir(out_dir) / SELECTION_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_selection(out_dir: str | os.PathLike, step: int, val: dict[str, float], metric: str, mode: str, default: str,
+                     why: str) -> bool:
+    """Record checkpoint `step` as the best when its validation `metric` beats the best so far (`mode` min | max).
+    Also records the run's default choice. Returns whether `step` is now the best."""
+    if mode not in ("min", "max") or default not in CHOICES:
+        raise ValueError(f"selection mode={mode!r} must be min|max and default={default!r} one of {CHOICES}")
+    selection = read_selection(out_dir)
+    best = selection.get("best")
+    value = val.get(metric)
+    improved = value is not None and (
+        best is None or (value < best["value"] if mode == "min" else value > best["value"])
+    )
+    if improved:
+        best = {"step": int(step), "value": float(value), "checkpoint": step_name(step)}
+    selection = {"default": default, "metric": metric, "mode": mode, "why": why, "best": best}
+    atomic.write_text(checkpoints_dir(out_dir) / SELECTION_FILE, json.dumps(selection, indent=2, sort_keys=True) + "\n")
+    return improved
+
+
+def select_checkpoint(spec: str | os.PathLike) -> tuple[Path, str]:
+    """(checkpoint folder, why it was chosen) for a checkpoint folder or `run[@best|@latest|@<step>]`."""
+    path, choice = _split_choice(spec)
+    if choice is None and is_complete(path):
+        return path, f"{path.name} (a checkpoint folder was given)"
+    if path.is_dir() and (checkpoints_dir(path).is_dir() or choice is not None):
+        selection = read_selection(path)
+        wanted = choice or selection.get("default", "latest")
+        if wanted.isdigit():
+            found = checkpoints_dir(path) / step_name(int(wanted))
+            if is_complete(found):
+                return found, f"step {int(wanted)} (asked for)"
+            have = sorted(p.name for p in checkpoints_dir(path).glob("step_*") if is_complete(p))
+            raise CheckpointError(f"{path}: no complete checkpoint at step {int(wanted)}; it has {have}")
+        latest = latest_checkpoint(path)
+        if wanted == "best":
+            best = selection.get("best")
+            if best and is_complete(checkpoints_dir(path) / best["checkpoint"]):
+                origin = "asked for" if choice else f"the run's default: {selection.get('why', '')}"
+                return (checkpoints_dir(path) / best["checkpoint"],
+                        f"best by validation {selection['metric']} = {best['value']:.6g} at step {best['step']} ({origin})")
+            if choice == "best":
+                raise CheckpointError(f"{path} records no best checkpoint (no validation ran at a saved step); use @latest")
+        if latest is not None:
+            reason = "asked for" if choice else (
+                f"the run's default: {selection['why']}" if selection.get("default") == "latest" and selection.get("why")
+                else "the newest checkpoint")
+            return latest, f"latest, step {int(latest.name.split('_')[1])} ({reason})"
     missing = [f for f in REQUIRED if not (path / f).is_file()] if path.is_dir() else []
     detail = f"it lacks {missing}" if missing else "it does not exist" if not path.exists() else "it holds no complete checkpoint"
     raise CheckpointError(
         f"{path} is not a usable checkpoint ({detail}). Pass a folder like <run>/{CHECKPOINTS}/step_0000500 "
-        f"or the run folder itself (its {CHECKPOINTS}/{LATEST} is used)."
+        f"or the run folder itself, optionally with @best, @latest or @<step>."
     )
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, or a run folder (-> the run's default or the @choice). Raises CheckpointError naming the path."""
+    return select_checkpoint(path)[0]
 
 
 def resolve_resume(out_dir: str | os.PathLike, resume: bool | str | os.PathLike) -> Path | None:
@@ -158,8 +223,9 @@ def load_model_for_inference(
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from the checkpoint alone: `model_factory(config["model"])`, then its weights (EMA when present
-    and `prefer_ema`), in eval mode. Returns (model, config.json contents + {"checkpoint", "loaded_weights"})."""
-    path = resolve_checkpoint(ckpt_path)
+    and `prefer_ema`), in eval mode. Returns (model, config.json contents + {"checkpoint", "loaded_weights",
+    "selected": which checkpoint and why})."""
+    path, why = select_checkpoint(ckpt_path)
     config = read_config(path)
     if "model" not in config:
         raise CheckpointError(f"{path / CONFIG_FILE} has no 'model' section; it was not written by train/loop.py")
@@ -175,4 +241,4 @@ def load_model_for_inference(
         )
     model.load_state_dict({k: v.to(current[k].dtype) for k, v in weights.items()})
     model.to(device).eval()
-    return model, {**config, "checkpoint": str(path), "loaded_weights": which}
+    return model, {**config, "checkpoint": str(path), "loaded_weights": which, "selected": why}

@@ -145,13 +145,16 @@ def _float32(x: np.ndarray) -> torch.Tensor:
 
 
 class Stage1SubWindows(Dataset):
-    """Every (M_f + 1)-frame sub-window of each window's feature frames: item -> float32 [M_f + 1, C, h, w].
+    """Every (M_f + 1)-frame sub-window of each window's feature frames: item -> float32 [M_f + 1, C, h, w], or with
+    `flipped` the pair [2, M_f + 1, C, h, w] (as cached, and from the horizontally flipped frames) for the trainer to
+    choose from with its own random stream.
 
     A window with Tf feature frames gives Tf - M_f sub-windows (starts 0 .. Tf - M_f - 1); the last frame of each is
     the one Stage 1 predicts.
     """
 
-    def __init__(self, root: str, samples: Sequence[int] | np.ndarray, context_frames: int, feature_frames: int, shard_size: int):
+    def __init__(self, root: str, samples: Sequence[int] | np.ndarray, context_frames: int, feature_frames: int, shard_size: int,
+                 flipped: bool = False):
         if context_frames <= 0 or feature_frames <= context_frames:
             raise ValueError(
                 f"Stage 1 needs feature_frames ({feature_frames}) > context_frames ({context_frames}) > 0 "
@@ -163,13 +166,17 @@ class Stage1SubWindows(Dataset):
         samples = np.asarray(samples, dtype=np.int64)
         self.items = np.stack([np.repeat(samples, per_window), np.tile(np.arange(per_window), len(samples))], axis=1)
         self.shards = self.items[:, 0] // shard_size
+        self.flipped = flipped
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        sample, start = self.items[index]
-        return _float32(self.group[layout.FEATURES][int(sample), int(start) : int(start) + self.span])
+        sample, start = (int(v) for v in self.items[index])
+        window = _float32(self.group[layout.FEATURES][sample, start : start + self.span])
+        if not self.flipped:
+            return window
+        return torch.stack([window, _float32(self.group[layout.FEATURES_FLIPPED][sample, start : start + self.span])])
 
 
 class WindowSamples(Dataset):

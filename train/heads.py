@@ -182,6 +182,9 @@ class HeadTask:
         self.pca = pca.to(torch.float32)  # float64 PCA matrices would make the reconstruction the slowest step
         self._pca_on: dict[torch.device, PCA] = {}
         self.hflip = hflip
+        # DINO-Foresight keeps the head with the best validation mIoU / AbsRel.
+        self.selection = (("miou", "max") if self.task == "segmentation" else ("abs_rel", "min")) + (
+            "best", "DINO-Foresight keeps the head with the best validation mIoU / AbsRel")
 
     def _pca(self, device: torch.device) -> PCA:
         if device not in self._pca_on:

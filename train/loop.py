@@ -58,6 +58,9 @@ class TrainTask(Protocol):
         """JSON-serialisable config that rebuilds the model; stored with every checkpoint."""
         ...
 
+    # Optional attribute `selection = (metric, "min" | "max", "best" | "latest", why)`: the validation metric that
+    # ranks the saved checkpoints (checkpoints/selection.json) and which one consumers get by default.
+
 
 LoaderFactory = Callable[[LoaderRequest], Iterable[Any]]
 
@@ -255,7 +258,9 @@ class _Run:
             ema_weights, which = ckpt.read_weights(path, prefer_ema=True)
             if which != "ema":
                 raise ckpt.CheckpointError(f"{path} has no {ckpt.EMA_FILE} but train.ema_decay={self.cfg.ema_decay}; resume with ema_decay=0")
-            self.ema.load_state_dict({k: v.to(self.acc.device) for k, v in ema_weights.items()})
+            # Checkpoints from before the EMA warm-up have no count: they continue as if fully warmed up.
+            updates = (state.get("ema") or {}).get("updates", int(state["step"]))
+            self.ema.load_state_dict({k: v.to(self.acc.device) for k, v in ema_weights.items()}, updates)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") is not None and self.acc.scaler is not None:
@@ -299,6 +304,7 @@ class _Run:
         writer = self._tensorboard()
         losses: dict[int, float] = {}
         val: dict[str, float] = {}
+        val_step = -1
         train_time, window_time, window_steps = 0.0, 0.0, 0
         lr = self.scheduler.get_last_lr()[0]
         bar = progress() if self.main else None
@@ -332,13 +338,14 @@ class _Run:
                         window_time, window_steps = 0.0, 0
                     if self.val_factory is not None and cfg.val_every > 0 and (done % cfg.val_every == 0 or done == cfg.steps):
                         val = self._validate()
+                        val_step = done
                         if writer:
                             for key, value in val.items():
                                 writer.add_scalar(f"val/{key}", value, done)
                         if self.main:
                             console.print(f"step {done} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
                     if (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0) or done == cfg.steps:
-                        self._save(done)
+                        self._save(done, val if val_step == done else None)
         finally:
             if writer:
                 writer.close()
@@ -407,7 +414,7 @@ class _Run:
         values = self.acc.reduce(torch.tensor([float(metrics[k]) for k in keys], device=self.acc.device), "sum") / self.world
         return {k: float(v) for k, v in zip(keys, values)}
 
-    def _save(self, step: int) -> None:
+    def _save(self, step: int, val: dict[str, float] | None = None) -> None:
         if not _all_finite(self.raw):
             self._stop_non_finite(step, "weights")
         rngs = _gather_objects(_rng_state(self.generator), self.world)
@@ -424,6 +431,8 @@ class _Run:
                 "effective_batch": self.effective_batch,
                 "lr": scaled_lr(self.cfg_optim, self.effective_batch),
                 "task": type(self.task).__name__,
+                "ema": self.ema.describe() if self.ema is not None else None,
+                "val": val,  # validation metrics at this step (None when none ran here)
             }
             state = {
                 "step": step,
@@ -432,12 +441,18 @@ class _Run:
                 "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
                 "rng": rngs,
                 "data": {**position, "global_batch": self.global_batch},
+                "ema": {"updates": self.ema.updates} if self.ema is not None else None,
             }
             path = ckpt.save_checkpoint(
                 self.out_dir, step, model_state=self.raw.state_dict(), config=config, train_state=state,
                 ema_state=self.ema.state_dict() if self.ema is not None else None,
             )
             self.last_checkpoint = str(path)
+            selection = getattr(self.task, "selection", None)  # (metric, min|max, default choice, why)
+            if selection is not None:
+                metric, mode, default, why = selection
+                if ckpt.update_selection(self.out_dir, step, val or {}, metric, mode, default, why):
+                    console.print(f"step {step}: best validation {metric} so far ({val[metric]:.6g})")
         self.acc.wait_for_everyone()
         if not self.main:
             self.last_checkpoint = str(ckpt.checkpoints_dir(self.out_dir) / ckpt.step_name(step))

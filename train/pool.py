@@ -7,6 +7,14 @@ Tf - context_latent_frames steps. Predictions go to `pool/features` [N, Tf - ctx
 cache shard, each followed by its `pool/_done/shard_N.json` marker, so an interrupted run resumes where it stopped.
 Windows outside the pool (val/test split, failed samples, or not drawn when fraction < 1) are marked "skipped" and are
 not served by `CacheReader.pool_samples()`.
+
+How good the pool is matters: a Stage 1 that has memorised its training windows predicts them far better than it
+forecasts unseen clips, and then the "predicted" 10% barely differ from the truth and cannot teach Stage 2 robustness
+to real forecasting errors. Every pool therefore measures, per rollout step, the cosine to the truth of its own
+predictions (training windows) next to that of the Stage 1 rollout on the val windows (what evaluation sees) and of
+copying the last frame; meta.json `pool.quality` and the summary report them. `folds` = K > 1 cross-fits the pool:
+K Stage 1 models, each trained (same config and steps as the given checkpoint) without one fold of the training
+windows, predict that fold, so every pool entry is an out-of-sample forecast. It costs K Stage 1 trainings.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline import atomic, layout
 from pipeline.console import console, progress, summary, warn_loud
@@ -29,12 +38,31 @@ from train import checkpoint as ckpt
 from train.stage1 import build_stage1_model, stage1_fit_problems
 
 
+def _unit_draw(sample_id: str, salt: str = "") -> float:
+    return int(hashlib.sha256((salt + sample_id).encode()).hexdigest()[:12], 16) / 16**12
+
+
 def in_pool(sample_id: str, fraction: float) -> bool:
     """Deterministic draw per window from its id: the same windows are chosen on every run and every machine."""
     if fraction >= 1.0:
         return True
-    u = int(hashlib.sha256(sample_id.encode()).hexdigest()[:12], 16) / 16**12
-    return u < fraction
+    return _unit_draw(sample_id) < fraction
+
+
+def fold_of(sample_id: str, folds: int) -> int:
+    """The cross-fitting fold of a window (stable hash of its id, independent of the pool's fraction draw)."""
+    return min(folds - 1, int(_unit_draw(sample_id, "fold:") * folds))
+
+
+def rollout_cosine(model: torch.nn.Module, features: torch.Tensor, ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per window and rollout step, the cosine (PCA space, mean over tokens) to the truth of the model's rollout and
+    of copying the last context frame: features [B, Tf, C, h, w] -> two [B, Tf - ctx] tensors."""
+    m = int(model.cfg.context_frames)
+    truth = features[:, ctx:]
+    predicted = rollout(model, features[:, ctx - m : ctx], truth.shape[1]).float()
+    copy = features[:, ctx - 1 : ctx].expand_as(truth)
+    return (F.cosine_similarity(predicted, truth, dim=2).mean(dim=(2, 3)),
+            F.cosine_similarity(copy, truth, dim=2).mean(dim=(2, 3)))
 
 
 def _device(device: str) -> torch.device:
@@ -72,43 +100,53 @@ def make_predicted_pool(
     prefer_ema: bool = True,
     compressor: str = "zstd",
     compression_level: int = 3,
+    folds: int = 1,
 ) -> dict[str, Any]:
-    """Write (or resume) the pool of `cache` with the Stage 1 checkpoint `stage1_ckpt`. `max_shards` stops after
-    writing that many shards in this call (resume later). Returns a summary dict."""
+    """Write (or resume) the pool of `cache` with the Stage 1 checkpoint `stage1_ckpt` (a checkpoint folder or
+    `run[@best|@latest|@<step>]`). `folds` > 1 cross-fits it (module docstring). `max_shards` stops after writing
+    that many shards in this call (resume later). Returns a summary dict."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction={fraction} must be in (0, 1]")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if batch_size < 1 or folds < 1:
+        raise ValueError(f"batch_size={batch_size} and folds={folds} must be >= 1")
     reader = CacheReader(cache)
     if not reader.complete:
         raise CacheError(f"{cache}: meta.json status is {reader.meta.get('status')!r}; finish the cache before making the pool")
     dev = _device(device)
-    path = ckpt.resolve_checkpoint(stage1_ckpt)
+    path, selected = ckpt.select_checkpoint(stage1_ckpt)
     model, config = ckpt.load_model_for_inference(path, build_stage1_model, prefer_ema=prefer_ema, device=dev)
     _check_compatible(reader, config, path)
     if config.get("random_weights"):
         warn_loud(f"Stage 1 checkpoint {path} was trained on features from RANDOM weights; the pool inherits that")
-    weights_file = path / (ckpt.EMA_FILE if config["loaded_weights"] == "ema" else ckpt.MODEL_FILE)
     meta = reader.meta
     ctx, tf = int(meta["context_latent_frames"]), int(meta["latent_frames"])
     future = tf - ctx
     m = int(config["model"]["context_frames"])
     c, (h, w) = int(meta["pca"]["components"]), meta["vfm"]["grid"]
+    n, shard_size = len(reader.manifest), reader.shard_size
+    num_shards = (n + shard_size - 1) // shard_size
+    ids = reader.manifest["sample_id"].to_list()
+    chosen = np.zeros(n, dtype=bool)
+    for sample in reader.samples(split):
+        chosen[sample] = in_pool(ids[sample], fraction)
+
+    # One model per fold: the given checkpoint itself, or K models trained without their fold.
+    predictors = [model] if folds == 1 else _fold_models(cache, path, config, reader, split, folds, prefer_ema, dev)
+    weight_files = [path / (ckpt.EMA_FILE if config["loaded_weights"] == "ema" else ckpt.MODEL_FILE)]
+    if folds > 1:
+        weight_files = [Path(p.checkpoint_file) for p in predictors]
     wanted = {
-        "stage1_fingerprint": file_fingerprint(weights_file),
+        "stage1_fingerprint": file_fingerprint(weight_files[0]) if folds == 1 else
+        hashlib.sha256("".join(file_fingerprint(f) for f in weight_files).encode()).hexdigest()[:16],
         "checkpoint": str(path),
+        "selected": selected,
         "weights": config["loaded_weights"],
         "context_frames": ctx,
         "future_frames": future,
         "fraction": fraction,
         "split": split,
+        "folds": folds,
     }
-    n, shard_size = len(reader.manifest), reader.shard_size
-    num_shards = (n + shard_size - 1) // shard_size
-    ids = reader.manifest["sample_id"].to_list()
-    chosen = np.zeros(n, dtype=bool)
-    for s in reader.samples(split):
-        chosen[s] = in_pool(ids[s], fraction)
 
     written = skipped_done = samples_done = 0
     tic = time.perf_counter()
@@ -116,7 +154,9 @@ def make_predicted_pool(
         meta = atomic.read_json(atomic.join(cache, layout.META))  # fresh, under the lock
         old = meta.get("pool")
         if old:
-            diffs = [f"{k}: pool has {old.get(k)!r}, this call {wanted[k]!r}" for k in ("stage1_fingerprint", "context_frames", "future_frames", "fraction", "split") if old.get(k) != wanted[k]]
+            keys = ("stage1_fingerprint", "context_frames", "future_frames", "fraction", "split", "folds")
+            diffs = [f"{k}: pool has {old.get(k, 1 if k == 'folds' else None)!r}, this call {wanted[k]!r}" for k in keys
+                     if old.get(k, 1 if k == "folds" else None) != wanted[k]]
             if diffs and not overwrite:
                 raise CacheError(
                     f"{cache} already holds a pool from another Stage 1 run or settings ({'; '.join(diffs)}). "
@@ -143,39 +183,112 @@ def make_predicted_pool(
                 lo, hi = shard * shard_size, min(n, (shard + 1) * shard_size)
                 rows = np.flatnonzero(chosen[lo:hi])
                 statuses = [{"sample": lo + i, "status": "ok" if chosen[lo + i] else "skipped"} for i in range(hi - lo)]
-                arrays = {}
+                arrays, cos_sum = {}, np.zeros(future)
                 if len(rows):
                     block = np.zeros((hi - lo, future, c, h, w), dtype=np.float16)
-                    context = np.asarray(features[lo:hi])[rows, ctx - m : ctx]
-                    for b in range(0, len(rows), batch_size):
-                        x = torch.from_numpy(context[b : b + batch_size].astype(np.float32)).to(dev)
-                        with torch.no_grad(), autocast:
-                            block[rows[b : b + batch_size]] = rollout(model, x, future).float().cpu().numpy().astype(np.float16)
+                    windows = torch.from_numpy(np.asarray(features[lo:hi])[rows].astype(np.float32)).to(dev)
+                    fold = np.array([fold_of(ids[lo + r], folds) for r in rows])
+                    for k, predictor in enumerate(predictors):
+                        mine = np.flatnonzero(fold == k)
+                        for b in range(0, len(mine), batch_size):
+                            pick = mine[b : b + batch_size]
+                            x = windows[pick]
+                            with torch.no_grad(), autocast:
+                                predicted = rollout(predictor, x[:, ctx - m : ctx], future).float()
+                            block[rows[pick]] = predicted.cpu().numpy().astype(np.float16)
+                            stored = torch.from_numpy(block[rows[pick]].astype(np.float32)).to(dev)
+                            cos_sum += F.cosine_similarity(stored, x[:, ctx:], dim=2).mean(dim=(2, 3)).sum(0).cpu().numpy()
                     arrays[layout.POOL_FEATURES] = block
-                write_shard(cache, shard, shard_size, arrays, statuses, done_dir=layout.POOL_DONE_DIR)
+                extra = {"quality": {"cos_sum": cos_sum.tolist(), "windows": int(len(rows))}}
+                write_shard(cache, shard, shard_size, arrays, statuses, done_dir=layout.POOL_DONE_DIR, extra=extra)
                 written += 1
                 samples_done += len(rows)
                 bar.update(job, advance=1, status=f"{samples_done} windows")
         complete = len(done_shards(cache, layout.POOL_DONE_DIR)) == num_shards
         meta["pool"]["status"] = "complete" if complete else "in_progress"
         meta["pool"]["samples"] = int(len(CacheReader(cache).pool_samples()))
+        meta["pool"]["quality"] = _quality(cache, reader, model, ctx, batch_size, dev)
         atomic.write_json(atomic.join(cache, layout.META), meta)
 
     seconds = time.perf_counter() - tic
+    quality = meta["pool"]["quality"]
     result = {
         "cache": cache,
         "checkpoint": str(path),
+        "selected": selected,
+        "folds": folds,
         "stage1_fingerprint": wanted["stage1_fingerprint"],
         "shards_written": written,
         "shards_already_done": skipped_done,
         "windows_predicted": samples_done,
         "pool_windows": meta["pool"]["samples"],
         "complete": complete,
+        "quality": quality,
         "seconds": seconds,
         "windows_per_s": samples_done / max(seconds, 1e-9),
     }
+    console.print(f"Stage 1 checkpoint: {path} ({selected})")
     summary(
         f"pool {'complete' if complete else 'partial'}: {result['pool_windows']} windows in {cache}/{layout.POOL_FEATURES} "
-        f"({written} shards written now, {skipped_done} already done, {result['windows_per_s']:.1f} windows/s)"
+        f"({written} shards written now, {skipped_done} already done, {result['windows_per_s']:.1f} windows/s"
+        + (f", {folds}-fold cross-fitted" if folds > 1 else "") + "); " + quality_line(quality)
     )
     return result
+
+
+def quality_line(quality: dict[str, Any]) -> str:
+    """cosine to the truth per rollout step: pool (training windows) vs rollout on val vs copy-last on val."""
+    def fmt(values: list[float] | None) -> str:
+        return "/".join(f"{v:.3f}" for v in values) if values else "n/a"
+
+    return (f"cosine to the truth per rollout step: pool {fmt(quality.get('pool_train'))}, "
+            f"Stage 1 on val {fmt(quality.get('rollout_val'))}, copy-last on val {fmt(quality.get('copy_last_val'))}")
+
+
+def _quality(cache: str, reader: CacheReader, model: torch.nn.Module, ctx: int, batch_size: int, dev: torch.device) -> dict[str, Any]:
+    """Pool cosines (summed in the shard markers) next to the given Stage 1's rollout and copy-last on val windows."""
+    parts = [mk["quality"] for mk in done_shards(cache, layout.POOL_DONE_DIR).values() if mk.get("quality")]
+    pool_windows = sum(p["windows"] for p in parts)
+    pool = (np.sum([p["cos_sum"] for p in parts], axis=0) / pool_windows).tolist() if pool_windows else None
+    val_rows = reader.samples("val")
+    rollout_sum = copy_sum = None
+    features = reader.array(layout.FEATURES)
+    for b in range(0, len(val_rows), batch_size):
+        x = torch.from_numpy(np.stack([np.asarray(features[int(r)], dtype=np.float32) for r in val_rows[b : b + batch_size]])).to(dev)
+        with torch.no_grad():
+            cos, copy = rollout_cosine(model, x, ctx)
+        rollout_sum = cos.sum(0) if rollout_sum is None else rollout_sum + cos.sum(0)
+        copy_sum = copy.sum(0) if copy_sum is None else copy_sum + copy.sum(0)
+    val = len(val_rows)
+    return {
+        "pool_train": pool,
+        "pool_windows": pool_windows,
+        "rollout_val": (rollout_sum / val).tolist() if val else None,
+        "copy_last_val": (copy_sum / val).tolist() if val else None,
+        "val_windows": val,
+    }
+
+
+def _fold_models(cache: str, path: Path, config: dict[str, Any], reader: CacheReader, split: str, folds: int,
+                 prefer_ema: bool, dev: torch.device) -> list[torch.nn.Module]:
+    """K Stage 1 models, model k trained like `path`'s run (its config, same steps) without fold k of the windows.
+    Runs live next to that run (`<run>/folds/fold_k_of_K`) and resume like any training run."""
+    from configs.schema import config_from_dict
+    from train.stage1 import train_stage1
+
+    run = path.parent.parent if path.parent.name == ckpt.CHECKPOINTS else path
+    cfg = config_from_dict(config["config"])
+    ids = reader.manifest["sample_id"].to_list()
+    train = [int(s) for s in reader.samples(split)]
+    models = []
+    for k in range(folds):
+        out = run / "folds" / f"fold_{k}_of_{folds}"
+        keep = [s for s in train if fold_of(ids[s], folds) != k]
+        console.rule(f"cross-fitting: Stage 1 without fold {k + 1} of {folds} ({len(keep)} of {len(train)} windows)")
+        result = train_stage1(cfg, cache, str(out), resume=True, train_samples=keep)
+        fold_model, loaded = ckpt.load_model_for_inference(out, build_stage1_model, prefer_ema=prefer_ema, device=dev)
+        fold_path = Path(loaded["checkpoint"])
+        fold_model.checkpoint_file = str(fold_path / (ckpt.EMA_FILE if loaded["loaded_weights"] == "ema" else ckpt.MODEL_FILE))
+        models.append(fold_model)
+        del result
+    return models

@@ -14,7 +14,9 @@ baseline's.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from torch import nn
 from configs.schema import Config, ConfigError, Stage1ModelConfig
 from models.foresight import FeatureForesight
 from models.rollout import rollout
+from pipeline import layout
 from pipeline.console import console
 from pipeline.store import CacheError, CacheReader, cache_expectations, open_complete_cache
 from train.data import LoaderRequest, Stage1SubWindows, WindowSamples, training_loader, validation_loader
@@ -65,9 +68,13 @@ def open_stage1_cache(cfg: Config, cache: str) -> CacheReader:
 class Stage1Task:
     """Plugs FeatureForesight into the shared loop."""
 
-    def __init__(self, model_cfg: Stage1ModelConfig, beta: float, context_latent_frames: int, init_state: dict[str, torch.Tensor] | None = None):
+    selection = ("loss", "min", "best", "DINO-Foresight keeps the checkpoint with the lowest validation loss")
+
+    def __init__(self, model_cfg: Stage1ModelConfig, beta: float, context_latent_frames: int, init_state: dict[str, torch.Tensor] | None = None,
+                 hflip: bool = False):
         self.model_cfg = model_cfg
         self.beta = beta
+        self.hflip = hflip
         self.context_latent_frames = context_latent_frames
         self.init_state = init_state  # starting weights (--init); a resumed checkpoint overrides them
 
@@ -81,6 +88,9 @@ class Stage1Task:
         return dataclasses.asdict(self.model_cfg)
 
     def training_loss(self, model: nn.Module, batch: torch.Tensor, step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.hflip:  # batch [B, 2, T, C, h, w]: as cached / flipped, chosen with probability 1/2 per sample
+            flip = torch.rand(batch.shape[0], generator=generator, device=generator.device).to(batch.device) < 0.5
+            batch = torch.where(flip[:, None, None, None, None], batch[:, 1], batch[:, 0])
         # model(...) rather than model.loss(...): the wrapper's forward is what synchronises gradients across processes.
         prediction = model(batch)
         return F.smooth_l1_loss(prediction.float(), batch[:, -1].float(), beta=self.beta), {}
@@ -126,9 +136,11 @@ def train_stage1(
     mixed_precision: str | None = None,
     init: str | None = None,
     allow_pickle: bool = False,
+    train_samples: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train Stage 1 on `cache`, writing checkpoints/TensorBoard under `out`. Options override `cfg.stage1.train`.
-    `init`: start from a DINO-Foresight .ckpt or one of our checkpoints (train/stage1_init.py)."""
+    `init`: start from a DINO-Foresight .ckpt or one of our checkpoints (train/stage1_init.py). `train_samples`: train
+    on these cache rows only (default: every complete training window)."""
     cfg_train = dataclasses.replace(
         cfg.stage1.train,
         **{k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("num_workers", num_workers), ("mixed_precision", mixed_precision)) if v is not None},
@@ -141,12 +153,25 @@ def train_stage1(
     expected = (tf, model_cfg.in_channels, model_cfg.grid_h, model_cfg.grid_w)
     if tuple(features.shape[1:]) != expected:
         raise CacheError(f"{cache}/features has per-sample shape {tuple(features.shape[1:])}, meta.json says {expected}; the cache is inconsistent, rebuild it")
-    train_samples = reader.samples("train")
+    all_train = reader.samples("train")
+    if train_samples is None:
+        train_samples = all_train
+    else:  # a subset (the pool's cross-fitting folds): only complete training windows can be asked for
+        unknown = sorted(set(int(s) for s in train_samples) - set(int(s) for s in all_train))
+        if unknown:
+            raise CacheError(f"{cache}: samples {unknown[:5]} are not complete training windows")
+        train_samples = np.asarray(sorted(int(s) for s in train_samples), dtype=np.int64)
     val_samples = reader.samples("val")
     if len(train_samples) == 0:
         raise CacheError(f"{cache} has no complete 'train' samples; check manifest.parquet splits and failures.parquet")
 
-    train_set = Stage1SubWindows(cache, train_samples, model_cfg.context_frames, tf, reader.shard_size)
+    hflip = cfg.stage1.hflip
+    if hflip and not reader.has(layout.FEATURES_FLIPPED):
+        raise CacheError(
+            f"stage1.hflip needs the features of flipped frames, which {cache} does not hold: rebuild the cache with "
+            "--set cache.flipped_features=true, or set stage1.hflip=false"
+        )
+    train_set = Stage1SubWindows(cache, train_samples, model_cfg.context_frames, tf, reader.shard_size, flipped=hflip)
     workers = cfg_train.num_workers
 
     def train_loader(request: LoaderRequest) -> Any:
@@ -166,8 +191,10 @@ def train_stage1(
         from train.stage1_init import initial_state_dict
 
         init_state = initial_state_dict(init, model_cfg, reader.pca(), allow_pickle=allow_pickle)
-    task = Stage1Task(model_cfg, cfg.stage1.smooth_l1_beta, int(meta["context_latent_frames"]), init_state)
+    task = Stage1Task(model_cfg, cfg.stage1.smooth_l1_beta, int(meta["context_latent_frames"]), init_state, hflip=hflip)
     extra = {
+        "train_windows": int(len(train_samples)),
+        "hflip": hflip,
         "random_weights": bool(meta.get("random_weights", False)),
         "vfm_weights": meta["vfm"].get("weights"),
         "pca_fingerprint": meta["pca"].get("fingerprint"),
