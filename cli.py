@@ -88,7 +88,7 @@ def make_sample_data(
     import os
 
     from pipeline.console import summary
-    from pipeline.sources.synthetic import write_sample_dataset
+    from pipeline.synthetic import write_sample_dataset
 
     n = workers or os.cpu_count() or 1
     c = write_sample_dataset(out, train=train, val=val, height=height, width=width, seed=seed, workers=n)
@@ -374,7 +374,7 @@ def bench_pca(
     full: Optional[bool] = typer.Option(None, "--full/--no-full", help="Also run scikit-learn's exact full SVD (default: only when small enough)."),
 ) -> None:
     """Our streamed exact PCA vs scikit-learn PCA: time, peak memory, agreement of the top components."""
-    from pipeline.bench_pca import run
+    from eval.bench.pca import run
 
     run(tokens=tokens, dim=dim, components=components, chunk=chunk, seed=seed, path=str(path) if path else None, full=full)
 
@@ -390,7 +390,7 @@ def bench_cache(
     limit: int = typer.Option(8, help="Windows per split to cache."),
 ) -> None:
     """Frames/s of the Ray DAG vs a plain sequential loop over the same windows, with the time split by stage."""
-    from pipeline.bench_cache import run
+    from eval.bench.cache import run
 
     run(_config(config, set_), dataset=dataset, root=root, workers=workers, limit=limit)
 
@@ -418,7 +418,7 @@ def bench_dit(
     Paper size on a GPU: --width 2048 --depth 14 --heads 16 --height 27 --width-tokens 48 --feature-channels 1152
     --adaln-lora-dim 256 --device cuda
     """
-    from train.bench_dit import run
+    from eval.bench.dit import run
 
     run(width=width, depth=depth, heads=heads, frames=frames, height=height, width_tokens=width_tokens, device=device, steps=steps,
         batch=batch, latent_channels=latent_channels, feature_channels=feature_channels, adaln_lora_dim=adaln_lora_dim, dtype=dtype,
@@ -435,7 +435,7 @@ def bench_loader(
     batches: int = typer.Option(20, help="Batches to time."),
 ) -> None:
     """Samples/s and MB/s read from the cache, for Stage 1 sub-windows and Stage 2 windows."""
-    from train.bench_loader import run
+    from eval.bench.loader import run
 
     run(cache or default_cache(_config(config, None)), batch_size=batch_size, workers=workers, batches=batches)
 
@@ -451,7 +451,7 @@ def bench_stage1(
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
 ) -> None:
     """Stage 1 step time on cached features vs running the VFM + PCA inside the step; fused vs unfused attention."""
-    from train.bench_stage1 import run
+    from eval.bench.stage1 import run
 
     run(config, batch_size=batch_size, steps=steps, warmup=warmup, device=device, overrides=set_)
 
@@ -468,7 +468,7 @@ def bench_codec(
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Reconstruction PSNR / SSIM and encode / decode seconds per clip of every codec (pixel, linear; WAN with weights)."""
-    from eval.bench_codec import run
+    from eval.bench.codec import run
 
     run(_config(config, set_), dataset=dataset, root=root, limit=limit, vae_weights=vae_weights, device=device)
 
@@ -489,7 +489,7 @@ def bench_sample(
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Seconds per predicted clip: Euler vs multistep, with and without representation guidance (two passes as one batch)."""
-    from eval.bench_sample import run
+    from eval.bench.sample import run
 
     run(_config(config, set_), width=width, depth=depth, heads=heads, steps=steps, guidance_weight=guidance_weight,
         guidance_components=guidance_components, repeats=repeats, warmup=warmup, device=device)

@@ -41,7 +41,7 @@ def run_demo(
     workers: int = 0, eval_windows: int = 0,
 ) -> DemoResult:
     from pipeline.dag import build_cache
-    from pipeline.sources.synthetic import write_sample_dataset
+    from pipeline.synthetic import write_sample_dataset
 
     root = Path(root or cfg.paths.root)
     result = DemoResult(root=root, seconds=0.0)

@@ -7,7 +7,7 @@ import torch
 
 from configs.schema import load_config
 from pipeline.dag import build_cache
-from pipeline.sources.synthetic import write_sample_dataset
+from pipeline.synthetic import write_sample_dataset
 
 
 def pytest_configure(config) -> None:

@@ -23,7 +23,6 @@ from pipeline.codec_pixel import PixelCodec
 from pipeline.dag import build_cache
 from pipeline.decode import read_frames
 from pipeline.sources import list_clips
-from pipeline.sources.synthetic import write_sample_dataset
 from pipeline.store import CacheError, CacheReader, WriterLock
 
 REPO = Path(__file__).resolve().parents[1]

@@ -132,7 +132,7 @@ def test_frame_psnr():
 
 
 def test_bench_codec_measures_every_codec(tmp_path):
-    from eval.bench_codec import run
+    from eval.bench.codec import run
 
     figures = run(load_config("tiny"), limit=2)
     assert figures["pixel (lossless)"]["psnr_db"] == 100.0 and figures["pixel (lossless)"]["ssim"] == pytest.approx(1.0)

@@ -145,7 +145,7 @@ def test_validation_loader_splits_by_rank(cache):
 
 
 def test_bench_loader_reports_rates(cache):
-    from train.bench_loader import run
+    from eval.bench.loader import run
 
     root, _ = cache
     result = run(root, batch_size=2, workers=0, batches=2)

@@ -289,7 +289,7 @@ def test_tiny_dit_overfits_a_fixed_regression():
 
 
 def test_bench_dit_runs_and_reports_both_networks(capsys):
-    from train.bench_dit import run
+    from eval.bench.dit import run
 
     result = run(width=32, depth=1, heads=2, frames=2, height=2, width_tokens=3, latent_channels=4,
                  feature_channels=6, adaln_lora_dim=8, text_dim=16, steps=1)

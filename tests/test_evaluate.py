@@ -81,7 +81,7 @@ def _tiny_builders(monkeypatch_ctx, calls: list):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from pipeline.dag import build_cache
-    from pipeline.sources.synthetic import write_sample_dataset
+    from pipeline.synthetic import write_sample_dataset
 
     root = tmp_path_factory.mktemp("evaluate")
     data, cache = root / "data", str(root / "cache")

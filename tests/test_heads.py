@@ -33,7 +33,7 @@ from train.heads import (
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     from pipeline.dag import build_cache
-    from pipeline.sources.synthetic import write_sample_dataset
+    from pipeline.synthetic import write_sample_dataset
 
     root = tmp_path_factory.mktemp("heads")
     write_sample_dataset(root / "data", train=3, val=2, height=64, width=128)

@@ -266,7 +266,7 @@ def test_bad_input_is_refused_clearly():
 
 def test_bench_methods_agree_on_a_tiny_matrix(tmp_path):
     """The bench's per-method worker, run in-process on a tiny synthetic matrix (the spawned run is `bench pca`)."""
-    from pipeline.bench_pca import _agreement, run_method, synthetic_tokens
+    from eval.bench.pca import _agreement, run_method, synthetic_tokens
 
     matrix = tmp_path / "tokens.npy"
     synthetic_tokens(matrix, tokens=600, dim=32, seed=0)

@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
     import ray
 
     from pipeline.dag import build_cache
-    from pipeline.sources.synthetic import write_sample_dataset
+    from pipeline.synthetic import write_sample_dataset
     from train.stage1 import train_stage1
     from train.stage2 import train_stage2
 
@@ -172,7 +172,7 @@ def test_mismatched_checkpoints_are_refused(trained, tmp_path):
 
 
 def test_bench_sample_times_every_sampler_with_and_without_guidance():
-    from eval.bench_sample import run
+    from eval.bench.sample import run
 
     result = run("tiny", width=64, depth=1, heads=2, steps=2, repeats=1, warmup=0)
     rows = {(r["sampler"], r["guidance_weight"] > 0): r for r in result["rows"]}

@@ -78,7 +78,7 @@ def test_failed_samples_are_not_trained_on(tmp_path):
 
 
 def test_bench_stage1_times_every_variant():
-    from train.bench_stage1 import run
+    from eval.bench.stage1 import run
 
     overrides = ["stage1.model.width=24", "stage1.model.depth=1", "stage1.model.heads=2", "vfm.overrides={embed_dim=32, depth=2, num_heads=2}", "vfm.layers=[0, 1]"]
     result = run("tiny", batch_size=1, steps=1, warmup=0, device="cpu", overrides=overrides)

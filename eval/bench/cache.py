@@ -48,7 +48,7 @@ def _sequential(cfg: Config, dataset: str, root: str, out: str, dag_out: str, li
 def run(cfg: Config, dataset: str = "synthetic", root: Path | None = None, workers: int = 2, limit: int = 8) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="re2pix-bench-cache-") as tmp:
         if root is None:
-            from pipeline.sources.synthetic import write_sample_dataset
+            from pipeline.synthetic import write_sample_dataset
 
             root = Path(tmp) / "data"
             write_sample_dataset(root, train=limit, val=limit, height=cfg.window.height * 2, width=cfg.window.width * 2, seed=0, progress=False)

@@ -86,7 +86,7 @@ def run(cfg: Config, dataset: str = "synthetic", root: Path | None = None, limit
     r, s = cfg.codec.temporal_factor, cfg.codec.spatial_factor
     with tempfile.TemporaryDirectory(prefix="re2pix-bench-codec-") as tmp:
         if root is None:
-            from pipeline.sources.synthetic import write_sample_dataset
+            from pipeline.synthetic import write_sample_dataset
 
             root = Path(tmp) / "data"
             write_sample_dataset(root, train=limit, val=limit, height=cfg.window.height, width=cfg.window.width,
