@@ -295,7 +295,8 @@ def train_heads(
 ) -> None:
     """Train the DPT segmentation (19 classes) and depth (256 bins) heads on the PCA-reconstructed VFM features of the
     labelled frame of every training window."""
-    from train.heads import HEAD_TASKS, train_heads as run
+    from train.heads import HEAD_TASKS
+    from train.heads import train_heads as run
 
     cfg = _config(config, set_)
     run(cfg, cache or default_cache(cfg), out or str(Path(cfg.paths.root) / "heads"), resume=_resume(resume), steps=steps,

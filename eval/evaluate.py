@@ -40,7 +40,6 @@ import dataclasses
 import math
 import re
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,17 +51,24 @@ from torch import nn
 from configs.schema import Config, config_from_dict
 from eval.feature_nets import FVD_MIN_FRAMES, build_fid_extractor, build_fvd_extractor
 from eval.frechet import FeatureStats, frechet_distance
-from eval.metrics import ConfusionMatrix, DepthMetrics, psnr, ssim
-from eval.predict import check_checkpoints_fit_cache
-from eval.predict import checkpoint_config
-from eval.predict import build_frozen_codec, build_frozen_vfm, sampling_config
+from eval.predict import (
+    build_frozen_codec,
+    build_frozen_vfm,
+    check_checkpoints_fit_cache,
+    checkpoint_config,
+    sampling_config,
+)
 from eval.report import plot_metric_vs_step, write_report
 from eval.visualize import frame_grid, write_png
+from models.diffusion import context_inputs
+from models.metrics import ConfusionMatrix, DepthMetrics, psnr, ssim
 from models.rollout import rollout_from_history
 from models.samplers import sample
+from models.stage2 import build_stage2_model
 from pipeline import atomic, layout
 from pipeline.console import progress, summary, warn_loud
 from pipeline.decode import read_frames
+from pipeline.device import inference_autocast, resolve_device
 from pipeline.fingerprint import RANDOM
 from pipeline.pca import PCA
 from pipeline.sources.base import Clip
@@ -70,7 +76,6 @@ from pipeline.store import CacheError, CacheReader
 from train import checkpoint as ckpt
 from train.heads import HEAD_TASKS, build_head, feature_frame_of, predict_labels
 from train.stage1 import build_stage1_model, stage1_fit_problems
-from train.stage2 import build_stage2_model
 
 METRICS = ("miou", "miou_moving", "abs_rel", "delta1", "fid", "fvd", "psnr", "ssim")
 SEMANTIC_METRICS = ("miou", "miou_moving", "abs_rel", "delta1")
@@ -228,29 +233,18 @@ class Stage2Sampler:
     @torch.no_grad()
     def __call__(self, windows: Windows, sample_index: int) -> torch.Tensor:
         latents = windows.latents
-        b, _, tl = latents.shape[:3]
-        context = torch.zeros_like(latents)
-        context[:, :, : self.ctx] = latents[:, :, : self.ctx]
-        cond_mask = torch.zeros(b, tl, device=latents.device)
-        cond_mask[:, : self.ctx] = 1
+        context, cond_mask = context_inputs(latents[:, :, : self.ctx], latents.shape[2])
         features = None
         if self.uses_features:
             full = torch.cat([windows.features[:, : self.ctx], windows.predicted_features.to(windows.features.dtype)], dim=1)
             features = full.permute(0, 2, 1, 3, 4)  # [B, C, Tf, h, w]
         generator = torch.Generator().manual_seed(window_seed(self.seed, sample_index, windows.rows[0]))
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
-        with autocast:
+        with inference_autocast(self.device):
             z = sample(self.model.denoiser, tuple(latents.shape), context, cond_mask, features, self.dcfg, generator=generator)
         return quantize(self.codec.decode(z.float())[:, :, self.context_frames :])
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-def _device(device: str | None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _load_heads(heads: str, meta: dict[str, Any], pca: PCA, device: torch.device) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
@@ -388,7 +382,7 @@ def evaluate(
             raise ValueError(f"Stage 2 run name {name!r} is reserved for a reference row; choose another name")
     if baseline is not None and baseline not in stage2_runs:
         raise ValueError(f"baseline={baseline!r} is not one of the Stage 2 runs {sorted(stage2_runs)}")
-    dev = _device(device)
+    dev = resolve_device(device)
     out_dir = Path(out)
     notes: list[str] = []
 
@@ -462,7 +456,7 @@ def evaluate(
     grid_rows = [int(r) for r in rows[: max(0, grids)]]
     grid_columns = [m_frames - 1] + [i for i in feature_indices if i >= m_frames]
     grid_cells: dict[int, dict[str, list[np.ndarray | None]]] = {r: {} for r in grid_rows}
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    autocast = inference_autocast(dev)
     num_classes = int(loaded_heads["segmentation"][0].num_outputs)
 
     def load_windows(batch_rows: np.ndarray) -> Windows:

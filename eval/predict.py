@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,14 @@ from safetensors.torch import save as save_safetensors
 
 from configs.schema import CodecConfig, DiffusionConfig, VFMConfig, config_from_dict
 from eval.visualize import frame_grid, pca_rgb, to_uint8_frames, write_mp4, write_png
+from models.diffusion import context_inputs
 from models.rollout import rollout_from_history
 from models.samplers import SAMPLERS, sample
+from models.stage2 import build_stage2_model
 from pipeline import atomic, layout
 from pipeline.console import progress, summary, warn_loud
 from pipeline.decode import probe_video, read_frames
+from pipeline.device import inference_autocast, resolve_device
 from pipeline.errors import InputError
 from pipeline.fingerprint import RANDOM
 from pipeline.pca import PCA
@@ -45,7 +47,6 @@ from pipeline.store import CacheError
 from pipeline.weights import MissingWeightsError
 from train import checkpoint as ckpt
 from train.stage1 import build_stage1_model, stage1_fit_problems
-from train.stage2 import build_stage2_model
 
 OUTPUT_FILES = ("prediction.mp4", "side_by_side.mp4", "grid.png", "tensors.safetensors", "predict.json")
 
@@ -251,8 +252,8 @@ def predict(
     if samples < 1:
         raise ValueError(f"samples={samples} must be >= 1")
     t_start = time.perf_counter()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    dev = resolve_device(device)
+    autocast = inference_autocast(dev)
     out = Path(out)
 
     # ---- checkpoints, cache, compatibility
@@ -313,11 +314,8 @@ def predict(
 
         video = torch.from_numpy(frames[:m_frames]).to(dev).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)
         context_latents = codec.encode(video)  # [1, Cz, ctx, H', W']
-        shape = (1, context_latents.shape[1], tf, *context_latents.shape[3:])
-        context = torch.zeros(shape, device=dev)
-        context[:, :, :ctx] = context_latents
-        cond_mask = torch.zeros(1, tf, device=dev)
-        cond_mask[:, :ctx] = 1
+        context, cond_mask = context_inputs(context_latents, tf)
+        shape = tuple(context.shape)
         dit_features = features.permute(0, 2, 1, 3, 4) if uses_features else None
 
         tic = time.perf_counter()

@@ -32,7 +32,8 @@ class RFScaling:
     """Rectified-flow preconditioning of the paper's appendix 9.1 (eqs. 12-14); σ_data is 1."""
 
     def __call__(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        t = sigma / (1 + sigma)
+        """(c_skip, c_out, c_in, c_noise) for noise levels sigma."""
+        t = sigma_to_t(sigma)
         return 1 - t, -t, 1 - t, t
 
 
@@ -148,9 +149,10 @@ class Denoiser(nn.Module):
         x = x_sigma.float()
         is_context = cond_mask.to(device=x.device).bool()
         frame_mask = is_context[:, None, :, None, None]
-        c_skip, c_out, c_in, _ = (c[:, None, :, None, None] for c in self.scaling(sigma))
+        c_skip, c_out, c_in, t = self.scaling(sigma)  # each [B, T]
+        c_skip, c_out, c_in = (c[:, None, :, None, None] for c in (c_skip, c_out, c_in))
         net_input = torch.where(frame_mask, context.float(), c_in * x)
-        c_noise = torch.where(is_context, torch.full_like(sigma, self.context_c_noise), sigma_to_t(sigma))  # [B, T]
+        c_noise = torch.where(is_context, torch.full_like(sigma, self.context_c_noise), t)  # [B, T]
 
         dtype = _module_dtype(self.net, x.dtype)
         inputs = (
@@ -182,6 +184,95 @@ def _per_frame_sigma(sigma: torch.Tensor, batch: int, frames: int) -> torch.Tens
     raise ValueError(f"sigma must be a scalar, [B]={batch} or [B, T]={(batch, frames)}, got {tuple(sigma.shape)}")
 
 
+def context_mask(batch: int, frames: int, context_frames: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """cond_mask [batch, frames] (float): 1 on the first `context_frames` latent frames (given clean), 0 on the future."""
+    if not 0 < context_frames < frames:
+        raise ValueError(f"context_mask: need 0 < context_frames={context_frames} < frames={frames}")
+    mask = torch.zeros(batch, frames, device=device)
+    mask[:, :context_frames] = 1
+    return mask
+
+
+def context_inputs(context_latents: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler's inputs from the clean context latents [B, C, Tc, H, W]: `context` [B, C, frames, H, W] (the
+    context frames, zeros after them; only the context frames are read) and its cond_mask [B, frames]."""
+    b, c, tc, h, w = context_latents.shape
+    context = context_latents.new_zeros(b, c, frames, h, w)
+    context[:, :, :tc] = context_latents
+    return context, context_mask(b, frames, tc, context_latents.device)
+
+
+@dataclass
+class DenoisingLoss:
+    """The weighted denoising loss of one forward pass, per sample (EDM style: one small unit per idea).
+
+    per_sample [B]: mean over that sample's future elements of λ(σ)·(x̂0 − x0)² (= the velocity MSE);
+    future_elements [B]: how many elements that mean ran over; sigma [B]: the noise levels used;
+    hidden: the (not detached) hidden tokens after the requested block, for an alignment loss, else None.
+    """
+
+    per_sample: torch.Tensor
+    future_elements: torch.Tensor
+    sigma: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+    def mean(self) -> torch.Tensor:
+        """The batch loss: the mean over every future element of the batch (paper eq. 7)."""
+        return (self.per_sample * self.future_elements).sum() / self.future_elements.sum()
+
+
+def denoising_loss(
+    denoiser: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    cond_mask: torch.Tensor,
+    features: torch.Tensor | None,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    return_block: int | None = None,
+) -> DenoisingLoss:
+    """Weighted denoising loss of paper eq. 7/15 at given noise levels sigma [B] and noise ε [B,C,T,H,W].
+
+    Noises the future frames of the clean latents x0 [B,C,T,H,W] (x_σ = x0 + σ·ε), predicts x̂0 with the context
+    frames (cond_mask = 1) given clean, and weighs the squared error by λ(σ) = (1+σ)²/σ². The trainer draws σ and ε
+    (`diffusion_loss`); validation passes fixed ones.
+
+    Normalisation: means run over the future-frame elements only. Cosmos-Predict2 takes the mean over every frame
+    (the context frames contribute exact zeros) and multiplies by loss_scale = 10; we follow the paper, whose eq. 7
+    is an expectation over the future frames z_{M+1:K} alone, so the loss value does not depend on how many context
+    frames a window has. Relative to Cosmos the scale differs by 10·T/T_future, which only matters for the
+    learning rate.
+    """
+    if x0.ndim != 5:
+        raise ValueError(f"denoising_loss: x0 must be [B, C, T, H, W], got shape {tuple(x0.shape)}")
+    B, _, T, _, _ = x0.shape
+    if tuple(cond_mask.shape) != (B, T):
+        raise ValueError(f"denoising_loss: cond_mask must be [B, T] = {(B, T)}, got {tuple(cond_mask.shape)}")
+    if tuple(noise.shape) != tuple(x0.shape) or tuple(sigma.shape) != (B,):
+        raise ValueError(f"denoising_loss: noise {tuple(noise.shape)} must be shaped like x0 {tuple(x0.shape)} "
+                         f"and sigma {tuple(sigma.shape)} must be [B] = [{B}]")
+    is_future = ~cond_mask.to(device=x0.device).bool()
+    future_frames = is_future.sum(dim=1)
+    if (future_frames == 0).any():
+        bad = torch.nonzero(future_frames == 0).flatten().tolist()
+        raise ValueError(
+            f"denoising_loss: sample(s) {bad} have every frame marked as context in cond_mask; "
+            "at least one future frame (cond_mask = 0) is needed per sample"
+        )
+    x0 = x0.float()
+    sigma = sigma.to(device=x0.device, dtype=torch.float32)
+    future = is_future[:, None, :, None, None]
+    x_sigma = torch.where(future, x0 + sigma[:, None, None, None, None] * noise.to(x0.device).float(), x0)
+    hidden = None
+    if return_block is None:
+        x0_hat = denoiser(x_sigma, sigma, x0, cond_mask, features)
+    else:
+        x0_hat, hidden = denoiser(x_sigma, sigma, x0, cond_mask, features, return_block=return_block)
+    squared_error = ((x0_hat.float() - x0) ** 2 * future).flatten(1).sum(dim=1)  # [B]
+    future_elements = future_frames.to(torch.float32) * (x0.shape[1] * x0.shape[3] * x0.shape[4])  # [B]
+    per_sample = loss_weight(sigma) * squared_error / future_elements
+    return DenoisingLoss(per_sample=per_sample, future_elements=future_elements, sigma=sigma, hidden=hidden)
+
+
 def diffusion_loss(
     denoiser: Callable[..., torch.Tensor],
     x0: torch.Tensor,
@@ -189,60 +280,14 @@ def diffusion_loss(
     features: torch.Tensor | None,
     cfg: DiffusionConfig,
     generator: torch.Generator | None = None,
-    return_details: bool = False,
     return_block: int | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted denoising loss of paper eq. 7/15 on the future frames of clean latents x0 [B,C,T,H,W].
-
-    Draws one σ per sample (`sample_training_sigma`) and ε ~ N(0, I), noises the future frames x_σ = x0 + σ·ε,
-    predicts x̂0 with the context frames (cond_mask = 1) given clean, and returns
-    mean over future elements of λ(σ)·(x̂0 − x0)², λ = (1+σ)²/σ², which equals the velocity MSE.
-
-    Normalisation: the mean runs over the future-frame elements only. Cosmos-Predict2 takes the mean over every
-    frame (the context frames contribute exact zeros) and multiplies by loss_scale = 10; we follow the paper,
-    whose eq. 7 is an expectation over the future frames z_{M+1:K} alone, so the loss value does not depend on
-    how many context frames a window has. Relative to Cosmos the scale differs by 10·T/T_future, which only
-    matters for the learning rate.
-
-    With return_details, also returns {"sigma": [B], "per_sample": [B]} (detached), the per-sample loss being the
-    mean over that sample's future elements, so the trainer can log the loss per noise level. With
-    `return_block`, the details are always returned and also hold "hidden", the (not detached) hidden tokens after
-    that block of the same forward pass, for an alignment loss.
-    """
+) -> DenoisingLoss:
+    """The training loss: one σ per sample (`sample_training_sigma`) and ε ~ N(0, I), both drawn from `generator`
+    (where it lives, so a seeded generator gives the same draws on any device), then `denoising_loss`."""
     if x0.ndim != 5:
         raise ValueError(f"diffusion_loss: x0 must be [B, C, T, H, W], got shape {tuple(x0.shape)}")
     B, _, T, _, _ = x0.shape
-    if tuple(cond_mask.shape) != (B, T):
-        raise ValueError(f"diffusion_loss: cond_mask must be [B, T] = {(B, T)}, got {tuple(cond_mask.shape)}")
-    is_future = ~cond_mask.to(device=x0.device).bool()
-    future_frames = is_future.sum(dim=1)
-    if (future_frames == 0).any():
-        bad = torch.nonzero(future_frames == 0).flatten().tolist()
-        raise ValueError(
-            f"diffusion_loss: sample(s) {bad} have every frame marked as context in cond_mask; "
-            "at least one future frame (cond_mask = 0) is needed per sample"
-        )
-
-    x0 = x0.float()
     sigma = sample_training_sigma(B, T, cfg, generator=generator, device=x0.device)
     noise_device = generator.device if generator is not None else x0.device
-    eps = torch.randn(x0.shape, generator=generator, device=noise_device, dtype=torch.float32).to(x0.device)
-    future = is_future[:, None, :, None, None]
-    x_sigma = torch.where(future, x0 + sigma[:, None, None, None, None] * eps, x0)
-
-    hidden = None
-    if return_block is None:
-        x0_hat = denoiser(x_sigma, sigma, x0, cond_mask, features)
-    else:
-        x0_hat, hidden = denoiser(x_sigma, sigma, x0, cond_mask, features, return_block=return_block)
-    squared_error = (x0_hat.float() - x0) ** 2 * future
-    elements_per_frame = x0.shape[1] * x0.shape[3] * x0.shape[4]
-    future_elements = future_frames.to(torch.float32) * elements_per_frame  # [B]
-    weighted_sum = loss_weight(sigma) * squared_error.flatten(1).sum(dim=1)  # [B]
-    loss = weighted_sum.sum() / future_elements.sum()
-    if not return_details and return_block is None:
-        return loss
-    details = {"sigma": sigma.detach(), "per_sample": (weighted_sum / future_elements).detach()}
-    if return_block is not None:
-        details["hidden"] = hidden
-    return loss, details
+    noise = torch.randn(x0.shape, generator=generator, device=noise_device, dtype=torch.float32).to(x0.device)
+    return denoising_loss(denoiser, x0, cond_mask, features, sigma, noise, return_block=return_block)

@@ -4,15 +4,12 @@
 separable-attention model of the README recipe to `models.foresight.FeatureForesight` and infers the model sizes from
 the tensor shapes. Every source key is either mapped or deliberately ignored (the frozen DINOv2 backbone, the DPT head,
 the PCA buffers, which are returned separately); anything else raises with its name, so a checkpoint of another
-variant can never be half-loaded. `load_dino_foresight_checkpoint` is the file-reading wrapper.
+variant can never be half-loaded. Reading the file is `train.stage1_init.load_dino_foresight_checkpoint`'s job.
 """
 
 from __future__ import annotations
 
-import argparse
-import pickle
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -152,34 +149,3 @@ def convert_dino_foresight_state_dict(
     }
     info = {"model": model, "frames": int(frames), "pca": pca, "ignored": sorted(ignored), "notes": notes}
     return out, info
-
-
-def load_dino_foresight_checkpoint(
-    path: str | Path, heads: int = 8, allow_pickle: bool = False
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a DINO-Foresight Lightning `.ckpt` (or a bare state dict file) and convert it.
-
-    The file is opened with `weights_only=True`, allowing `argparse.Namespace` (the hyper-parameters Lightning pickles
-    from `save_hyperparameters()` on DINO-Foresight's `args`). If it holds any other Python object the safe loader
-    refuses it; `allow_pickle=True` then falls back to a full unpickle, which can run code: only for trusted files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DINO-Foresight checkpoint {path} not found; download dinof_lowres.ckpt or "
-                                "dinof_highres.ckpt (HF Sta8is/DINO-Foresight) and pass its local path")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not allow_pickle:
-            raise ValueError(
-                f"{path}: the safe loader (torch.load weights_only=True) refused it: {str(exc).splitlines()[0]} "
-                "Pass allow_pickle=True only if you trust the file: a full unpickle can execute code"
-            ) from None
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError(f"{path}: expected a Lightning checkpoint with a 'state_dict' of tensors, or a state dict")
-    state_dict, info = convert_dino_foresight_state_dict(checkpoint, heads=heads)
-    info["source"] = str(path)
-    return state_dict, info

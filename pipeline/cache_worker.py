@@ -19,6 +19,7 @@ from configs.schema import config_from_dict
 from pipeline import layout
 from pipeline.codec import frame_psnr
 from pipeline.decode import read_frames, read_label
+from pipeline.device import resolve_device
 from pipeline.errors import InputError
 from pipeline.pca import PCA, PCAAccumulator
 from pipeline.store import write_shard
@@ -60,10 +61,6 @@ class StageTimes:
         self.psnr_windows += other.psnr_windows
 
 
-def pick_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class CacheWorker:
     def __init__(self, cfg_dict: dict[str, Any], allow_random_weights: bool, threads: int = 0, strict: bool = False):
         from pipeline.vfm import build_vfm
@@ -71,7 +68,7 @@ class CacheWorker:
         if threads > 0:
             torch.set_num_threads(threads)
         self.cfg = config_from_dict(cfg_dict)
-        self.device = pick_device()
+        self.device = resolve_device("auto")
         self.allow_random_weights = allow_random_weights
         self.strict = strict
         self.vfm = build_vfm(self.cfg.vfm, allow_random_weights=allow_random_weights, device=self.device)

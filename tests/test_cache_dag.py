@@ -18,7 +18,12 @@ import zarr
 from configs.schema import load_config
 from pipeline import layout
 from pipeline.codec import frame_psnr
-from pipeline.codec_linear import LinearCodec, add_video, block_accumulator, fit_linear_codec
+from pipeline.codec_linear import (
+    LinearCodec,
+    add_video,
+    block_accumulator,
+    fit_linear_codec,
+)
 from pipeline.codec_pixel import PixelCodec
 from pipeline.dag import build_cache
 from pipeline.decode import read_frames

@@ -12,7 +12,12 @@ from diffusers import AutoencoderKLWan
 from configs.schema import CodecConfig, load_config
 from pipeline.codec import Codec, build_codec
 from pipeline.codec_pixel import PixelCodec
-from pipeline.codec_wan import WanCodec, diffusers_to_original, is_original_layout, original_to_diffusers
+from pipeline.codec_wan import (
+    WanCodec,
+    diffusers_to_original,
+    is_original_layout,
+    original_to_diffusers,
+)
 from pipeline.weights import MissingWeightsError, WeightsFormatError
 
 # Published WAN2.1 latent statistics (reference/cosmos_predict2_dit.md §4).

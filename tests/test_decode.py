@@ -13,7 +13,13 @@ from PIL import Image
 from pipeline.decode import probe_video, read_frame_groups, read_frames, read_label
 from pipeline.errors import InputError
 from pipeline.sources.base import Clip
-from tests.fixtures_datasets import CITYSCAPES_SAMPLE, DRIVING_CLIPS, need, noise_image, write_png
+from tests.fixtures_datasets import (
+    CITYSCAPES_SAMPLE,
+    DRIVING_CLIPS,
+    need,
+    noise_image,
+    write_png,
+)
 
 H, W = 40, 72  # not the clips' aspect ratio: frames are resized straight to H x W
 

@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from configs.schema import DiffusionConfig
-from models.diffusion import Denoiser, RFScaling, diffusion_loss, loss_weight, sample_training_sigma, sigma_to_t
+from models.diffusion import (
+    Denoiser,
+    RFScaling,
+    diffusion_loss,
+    loss_weight,
+    sample_training_sigma,
+    sigma_to_t,
+)
 
 B, C, T, H, W = 2, 3, 4, 5, 6
 
@@ -152,19 +159,17 @@ def test_loss_equals_future_velocity_mse_for_an_arbitrary_net():
     mask = _mask([1, 2])  # different numbers of future frames per sample
     F = torch.randn(B, C, T, H, W, generator=torch.Generator().manual_seed(4))
     net = RecordingNet(lambda x, c_noise: F)
-    loss, details = diffusion_loss(
-        Denoiser(net, cfg), x0, mask, None, cfg, generator=torch.Generator().manual_seed(5), return_details=True
-    )
+    result = diffusion_loss(Denoiser(net, cfg), x0, mask, None, cfg, generator=torch.Generator().manual_seed(5))
     call = net.calls[0]
-    sigma = details["sigma"]
+    sigma = result.sigma
     torch.testing.assert_close(call["c_noise"][~mask], sigma_to_t(sigma)[:, None].expand(B, T)[~mask])
     eps = _recover_eps(call, x0, mask)
     future = (~mask)[:, None, :, None, None].expand_as(x0)
     velocity_err = (F - (eps - x0)) ** 2
     per_sample = torch.stack([velocity_err[b][future[b]].mean() for b in range(B)])
-    torch.testing.assert_close(details["per_sample"], per_sample, rtol=2e-4, atol=1e-5)
+    torch.testing.assert_close(result.per_sample, per_sample, rtol=2e-4, atol=1e-5)
     # Mean over every future element of the batch (sample 0 has 3 future frames, sample 1 has 2).
-    torch.testing.assert_close(loss, velocity_err[future].mean(), rtol=2e-4, atol=1e-5)
+    torch.testing.assert_close(result.mean(), velocity_err[future].mean(), rtol=2e-4, atol=1e-5)
 
 
 def test_loss_ignores_context_frames_and_vanishes_for_the_true_velocity():
@@ -179,7 +184,7 @@ def test_loss_ignores_context_frames_and_vanishes_for_the_true_velocity():
         return torch.where(mask[:, None, :, None, None], torch.full_like(x, 1e3), velocity)  # garbage on context
 
     loss = diffusion_loss(Denoiser(RecordingNet(true_velocity), cfg), x0, mask, None, cfg, torch.Generator().manual_seed(0))
-    assert loss.item() < 1e-6
+    assert loss.mean().item() < 1e-6
 
 
 def test_loss_is_deterministic_with_a_seeded_generator_and_differentiable():
@@ -188,9 +193,9 @@ def test_loss_is_deterministic_with_a_seeded_generator_and_differentiable():
     mask = _mask([1, 1])
     net = nn.Conv3d(C, C, 1)
     den = Denoiser(lambda x, c, m, f: net(x), cfg)
-    a = diffusion_loss(den, x0, mask, None, cfg, torch.Generator().manual_seed(11))
-    b = diffusion_loss(den, x0, mask, None, cfg, torch.Generator().manual_seed(11))
-    c = diffusion_loss(den, x0, mask, None, cfg, torch.Generator().manual_seed(12))
+    a = diffusion_loss(den, x0, mask, None, cfg, torch.Generator().manual_seed(11)).mean()
+    b = diffusion_loss(den, x0, mask, None, cfg, torch.Generator().manual_seed(11)).mean()
+    c = diffusion_loss(den, x0, mask, None, cfg, torch.Generator().manual_seed(12)).mean()
     assert torch.equal(a, b) and not torch.equal(a, c)
     a.backward()
     assert net.weight.grad is not None and torch.isfinite(net.weight.grad).all()
@@ -208,9 +213,10 @@ def test_hidden_tokens_of_the_same_pass_are_passed_through_for_alignment():
     den = Denoiser(HiddenNet(), cfg)
     x0_hat, hidden = den(x0, torch.ones(B), x0, mask, return_block=2)
     assert x0_hat.shape == x0.shape and hidden.shape == (B, T, H, W)
-    loss, details = diffusion_loss(den, x0, mask, None, cfg, torch.Generator().manual_seed(0), return_block=2)
+    result = diffusion_loss(den, x0, mask, None, cfg, torch.Generator().manual_seed(0), return_block=2)
     plain = diffusion_loss(Denoiser(lambda x, c, m, f: x, cfg), x0, mask, None, cfg, torch.Generator().manual_seed(0))
-    assert torch.equal(loss, plain) and details["hidden"].shape == (B, T, H, W)
+    assert torch.equal(result.mean(), plain.mean()) and result.hidden.shape == (B, T, H, W)
+    assert plain.hidden is None
 
 
 def test_loss_rejects_windows_without_future_frames():

@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from configs.schema import DiTConfig, load_config
-from models.dit import VideoDiT, noise_sinusoid, patchify, state_dict_from_diffusers_cosmos, unpatchify
+from models.dit import (
+    VideoDiT,
+    noise_sinusoid,
+    patchify,
+    state_dict_from_diffusers_cosmos,
+    unpatchify,
+)
 
 
 def small_cfg(**overrides) -> DiTConfig:

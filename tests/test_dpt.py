@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from models.dpt import DPTHead, depth_from_logits, depth_loss, segmentation_loss, split_layers, upsample_logits
+from models.dpt import (
+    DPTHead,
+    depth_from_logits,
+    depth_loss,
+    segmentation_loss,
+    split_layers,
+    upsample_logits,
+)
 
 
 def _tokens(batch, dim, h, w, seed=0):

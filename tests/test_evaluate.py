@@ -20,7 +20,16 @@ from torch import nn
 
 import eval.evaluate as evaluate_module
 from configs.schema import load_config
-from eval.evaluate import COPY_ROW, METRICS, ORACLE_ROW, PIXEL_METRICS, SEMANTIC_METRICS, STAGE1_ROW, build_metric_nets, evaluate
+from eval.evaluate import (
+    COPY_ROW,
+    METRICS,
+    ORACLE_ROW,
+    PIXEL_METRICS,
+    SEMANTIC_METRICS,
+    STAGE1_ROW,
+    build_metric_nets,
+    evaluate,
+)
 from eval.feature_nets import MissingMetricWeightsError
 from pipeline.store import CacheError, CacheReader
 from train.heads import train_heads

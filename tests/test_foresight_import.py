@@ -17,7 +17,8 @@ from torch import nn
 
 from configs.schema import Stage1ModelConfig
 from models.foresight import FeatureForesight
-from models.foresight_import import convert_dino_foresight_state_dict, load_dino_foresight_checkpoint
+from models.foresight_import import convert_dino_foresight_state_dict
+from train.stage1_init import load_dino_foresight_checkpoint
 
 CFG = Stage1ModelConfig(width=24, heads=4, depth=2, mlp_ratio=2.0, dropout=0.0, context_frames=3,
                         in_channels=6, grid_h=3, grid_w=5)

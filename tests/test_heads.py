@@ -13,8 +13,8 @@ import torch
 import zarr
 
 from configs.schema import load_config
-from eval.metrics import ConfusionMatrix
 from models.dpt import split_layers
+from models.metrics import ConfusionMatrix
 from pipeline import layout
 from pipeline.store import CacheError, CacheReader, write_parquet
 from tests.cache_fixtures import make_cache

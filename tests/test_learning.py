@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 
 from configs.schema import load_config
+from models.stage2 import build_stage2_model
 from pipeline.store import CacheReader
 from train import checkpoint as ckpt
 from train.data import WindowSamples
-from train.stage2 import Stage2Task, build_stage2_model, train_stage2
+from train.stage2 import Stage2Task, train_stage2
 
 
 def _validation_loss(model, task, cache):

@@ -17,7 +17,6 @@ from train.loop import NonFiniteLossError, resolve_mixed_precision, run_training
 from train.optim import build_optimizer, build_schedule, scaled_lr, schedule_factor
 from train.stage1 import train_stage1
 
-
 # ---------------------------------------------------------------------------------- optimizer, schedule
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from eval.metrics import MOVING_CLASSES, ConfusionMatrix, DepthMetrics, psnr, ssim
+from models.metrics import MOVING_CLASSES, ConfusionMatrix, DepthMetrics, psnr, ssim
 
 torchmetrics = pytest.importorskip("torchmetrics")
 
@@ -106,7 +106,9 @@ def test_psnr_closed_form():
 
 
 def test_ssim_identity_and_agreement_with_torchmetrics():
-    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+    from torchmetrics.functional.image import (
+        structural_similarity_index_measure as tm_ssim,
+    )
 
     g = torch.Generator().manual_seed(0)
     target = torch.rand(2, 3, 32, 40, generator=g)

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.report import COLUMNS, format_cell, plot_metric_vs_step, render_report, write_report
+from eval.report import (
+    COLUMNS,
+    format_cell,
+    plot_metric_vs_step,
+    render_report,
+    write_report,
+)
 
 
 def _entry(*values):

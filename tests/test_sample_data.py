@@ -13,7 +13,14 @@ from PIL import Image
 from configs.schema import SourceConfig, load_config
 from pipeline.decode import read_frames, read_label
 from pipeline.sources import list_clips
-from pipeline.synthetic import IGNORE, LABEL_VALUES, TRAIN_IDS, draw_scene, render_frame, write_sample_dataset
+from pipeline.synthetic import (
+    IGNORE,
+    LABEL_VALUES,
+    TRAIN_IDS,
+    draw_scene,
+    render_frame,
+    write_sample_dataset,
+)
 from pipeline.windows import make_windows
 
 H, W = 32, 64

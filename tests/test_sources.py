@@ -21,8 +21,8 @@ from tests.fixtures_datasets import (
     kitti_raw,
     link_clips,
     need,
-    nuscenes_mini,
     noise_image,
+    nuscenes_mini,
     write_png,
 )
 

@@ -14,20 +14,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from configs.schema import ConfigError, Stage1ModelConfig, load_config
 from models.dit import patchify
 from models.foresight import FeatureForesight
+from models.stage2 import Stage2Model, build_stage2_model, stage2_model_spec
 from pipeline.store import CacheError
 from tests.cache_fixtures import make_cache
-from train.checkpoint import read_config, read_weights
 from train import checkpoint as ckpt
+from train.checkpoint import read_config, read_weights
 from train.pool import make_predicted_pool
-from train.stage2 import (
-    VALIDATION_SIGMAS,
-    Stage2Model,
-    Stage2Task,
-    build_stage2_model,
-    sigma_bucket_names,
-    stage2_model_spec,
-    train_stage2,
-)
+from train.stage2 import VALIDATION_SIGMAS, Stage2Task, sigma_bucket_names, train_stage2
 
 LATENT_CHANNELS, LATENT_HW, PATCH = 3, (8, 12), 2
 CHANNELS = LATENT_CHANNELS * PATCH * PATCH  # features = the patchified latents: x0 is a linear function of them

@@ -7,7 +7,16 @@ import polars as pl
 import pytest
 
 from pipeline import atomic, layout
-from pipeline.store import ArraySpec, CacheError, CacheReader, WriterLock, create_arrays, done_shards, write_parquet, write_shard
+from pipeline.store import (
+    ArraySpec,
+    CacheError,
+    CacheReader,
+    WriterLock,
+    create_arrays,
+    done_shards,
+    write_parquet,
+    write_shard,
+)
 
 
 def _manifest(n: int, shard: int) -> pl.DataFrame:

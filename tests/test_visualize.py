@@ -7,7 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.visualize import frame_grid, mp4_codec, pca_rgb, read_mp4, to_uint8_frames, write_mp4, write_png
+from eval.visualize import (
+    frame_grid,
+    mp4_codec,
+    pca_rgb,
+    read_mp4,
+    to_uint8_frames,
+    write_mp4,
+    write_png,
+)
 
 
 def test_pca_rgb_uses_one_range_per_channel_over_the_clip():

@@ -37,7 +37,6 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from configs.schema import Config, ConfigError
-from eval.metrics import ConfusionMatrix, DepthMetrics
 from models.dpt import (
     DEPTH_IGNORE_INDEX,
     SEGMENTATION_IGNORE_INDEX,
@@ -48,10 +47,16 @@ from models.dpt import (
     segmentation_loss,
     split_layers,
 )
+from models.metrics import ConfusionMatrix, DepthMetrics
 from pipeline import atomic, layout
 from pipeline.console import console
 from pipeline.pca import PCA
-from pipeline.store import CacheError, CacheReader, cache_expectations, open_complete_cache
+from pipeline.store import (
+    CacheError,
+    CacheReader,
+    cache_expectations,
+    open_complete_cache,
+)
 from train.data import LoaderRequest, _LazyGroup, training_loader, validation_loader
 from train.loop import TrainResult, is_main_process, run_training
 

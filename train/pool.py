@@ -29,11 +29,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.rollout import rollout
 from pipeline import atomic, layout
 from pipeline.console import console, progress, summary, warn_loud
+from pipeline.device import inference_autocast, resolve_device
 from pipeline.fingerprint import file_fingerprint
-from pipeline.store import ArraySpec, CacheError, CacheReader, WriterLock, create_arrays, done_shards, write_shard
-from models.rollout import rollout
+from pipeline.store import (
+    ArraySpec,
+    CacheError,
+    CacheReader,
+    WriterLock,
+    create_arrays,
+    done_shards,
+    write_shard,
+)
 from train import checkpoint as ckpt
 from train.stage1 import build_stage1_model, stage1_fit_problems
 
@@ -63,12 +72,6 @@ def rollout_cosine(model: torch.nn.Module, features: torch.Tensor, ctx: int) -> 
     copy = features[:, ctx - 1 : ctx].expand_as(truth)
     return (F.cosine_similarity(predicted, truth, dim=2).mean(dim=(2, 3)),
             F.cosine_similarity(copy, truth, dim=2).mean(dim=(2, 3)))
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _check_compatible(reader: CacheReader, config: dict[str, Any], path: Path) -> None:
@@ -112,7 +115,7 @@ def make_predicted_pool(
     reader = CacheReader(cache)
     if not reader.complete:
         raise CacheError(f"{cache}: meta.json status is {reader.meta.get('status')!r}; finish the cache before making the pool")
-    dev = _device(device)
+    dev = resolve_device(device)
     path, selected = ckpt.select_checkpoint(stage1_ckpt)
     model, config = ckpt.load_model_for_inference(path, build_stage1_model, prefer_ema=prefer_ema, device=dev)
     _check_compatible(reader, config, path)
@@ -171,7 +174,7 @@ def make_predicted_pool(
 
         done = done_shards(cache, layout.POOL_DONE_DIR)
         features = reader.array(layout.FEATURES)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+        autocast = inference_autocast(dev)
         with progress() as bar:
             job = bar.add_task("pool", total=num_shards, completed=len(done), status="")
             for shard in range(num_shards):

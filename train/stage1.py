@@ -17,7 +17,6 @@ import dataclasses
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +26,19 @@ from models.foresight import FeatureForesight
 from models.rollout import rollout
 from pipeline import layout
 from pipeline.console import console
-from pipeline.store import CacheError, CacheReader, cache_expectations, open_complete_cache
-from train.data import LoaderRequest, Stage1SubWindows, WindowSamples, training_loader, validation_loader
+from pipeline.store import (
+    CacheError,
+    CacheReader,
+    cache_expectations,
+    open_complete_cache,
+)
+from train.data import (
+    LoaderRequest,
+    Stage1SubWindows,
+    WindowSamples,
+    training_loader,
+    validation_loader,
+)
 from train.loop import TrainResult, is_main_process, run_training
 
 

@@ -9,14 +9,17 @@ dinov2_pca_448_l[2_5_8_11]_1152.pth --allow-pickle`); a cache with another PCA i
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from configs.schema import ConfigError, Stage1ModelConfig
 from models.foresight import FeatureForesight
-from models.foresight_import import load_dino_foresight_checkpoint
+from models.foresight_import import convert_dino_foresight_state_dict
 from pipeline.console import warn_loud
 from pipeline.pca import PCA
 
@@ -66,3 +69,34 @@ def _warn_if_other_pca(found: dict, pca: PCA | None, path: Path) -> None:
             f"{path} was trained in DINO-Foresight's PCA basis, but this cache has its own PCA: the imported model sees "
             "other coordinates. Build the cache with --pca <DINO-Foresight pca .pth> --allow-pickle to use it as released."
         )
+
+
+def load_dino_foresight_checkpoint(
+    path: str | Path, heads: int = 8, allow_pickle: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a DINO-Foresight Lightning `.ckpt` (or a bare state dict file) and convert it.
+
+    The file is opened with `weights_only=True`, allowing `argparse.Namespace` (the hyper-parameters Lightning pickles
+    from `save_hyperparameters()` on DINO-Foresight's `args`). If it holds any other Python object the safe loader
+    refuses it; `allow_pickle=True` then falls back to a full unpickle, which can run code: only for trusted files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DINO-Foresight checkpoint {path} not found; download dinof_lowres.ckpt or "
+                                "dinof_highres.ckpt (HF Sta8is/DINO-Foresight) and pass its local path")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not allow_pickle:
+            raise ValueError(
+                f"{path}: the safe loader (torch.load weights_only=True) refused it: {str(exc).splitlines()[0]} "
+                "Pass allow_pickle=True only if you trust the file: a full unpickle can execute code"
+            ) from None
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path}: expected a Lightning checkpoint with a 'state_dict' of tensors, or a state dict")
+    state_dict, info = convert_dino_foresight_state_dict(checkpoint, heads=heads)
+    info["source"] = str(path)
+    return state_dict, info

@@ -35,22 +35,27 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from configs.schema import Config, ConfigError, DiffusionConfig, DiTConfig
-from models.alignment import Projector, feature_tokens, grid_tokens, repa_loss, trd_loss
-from models.conditioning import mix_future_features, nested_dropout, nested_levels, sample_mixed, sample_nested_keep
-from models.diffusion import Denoiser, diffusion_loss, loss_weight
-from models.dit import VideoDiT
+from configs.schema import Config
+from models.conditioning import (
+    mix_future_features,
+    nested_dropout,
+    nested_levels,
+    sample_mixed,
+    sample_nested_keep,
+)
+from models.diffusion import context_mask, denoising_loss
+from models.stage2 import Stage2Model, Stage2ModelSpec, stage2_model_spec
 from pipeline import layout
 from pipeline.console import console, warn_loud
-from pipeline.store import CacheError, CacheReader, cache_expectations, open_complete_cache
+from pipeline.store import (
+    CacheError,
+    CacheReader,
+    cache_expectations,
+    open_complete_cache,
+)
 from train.data import LoaderRequest, WindowSamples, training_loader, validation_loader
 from train.loop import TrainResult, is_main_process, run_training
 
-# The DiffusionConfig fields that change what is trained; the sampler fields are inference settings.
-TRAINING_DIFFUSION_FIELDS = (
-    "p_mean", "p_std", "high_sigma_prob", "high_sigma_min", "high_sigma_max", "scale_sigma_by_frames", "context_c_noise",
-)
-ALIGNMENTS = ("none", "repa", "videorepa")
 # Upper edges of the σ ranges the training loss is logged by (the last range is open).
 SIGMA_BUCKET_EDGES = (0.5, 2.0, 10.0)
 # Absolute σ of the validation loss (not scaled by √frames) and the seed of its per-window noise.
@@ -58,135 +63,6 @@ VALIDATION_SIGMAS = (0.2, 1.0, 5.0)
 VALIDATION_NOISE_SEED = 12345
 
 
-# ------------------------------------------------------------------------------------------ the model
-
-
-@dataclasses.dataclass
-class Stage2ModelSpec:
-    """Everything that rebuilds the trained module; stored as the checkpoint's `model` section."""
-
-    dit: DiTConfig
-    diffusion: dict[str, Any]  # TRAINING_DIFFUSION_FIELDS only
-    alignment: str = "none"
-    align_block: int = 4
-    align_weight: float = 0.5
-    projector_dim: int = 2048
-    align_target_dim: int = 0  # PCA components (the alignment target width)
-    trd_margin: float = 0.1
-
-    def diffusion_config(self) -> DiffusionConfig:
-        return DiffusionConfig(**self.diffusion)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def _check_spec(spec: Stage2ModelSpec) -> None:
-    if spec.alignment not in ALIGNMENTS:
-        raise ConfigError(f"stage2.alignment={spec.alignment!r}: choose one of {ALIGNMENTS}")
-    if spec.alignment != "none":
-        if not 1 <= spec.align_block <= spec.dit.depth:
-            raise ConfigError(
-                f"stage2.align_block={spec.align_block} must be in 1..stage2.model.depth={spec.dit.depth} (1-indexed block)"
-            )
-        if spec.align_target_dim <= 0 or spec.projector_dim <= 0:
-            raise ConfigError(
-                f"alignment {spec.alignment!r} needs projector_dim > 0 and a target width > 0; got "
-                f"stage2.projector_dim={spec.projector_dim}, target width (PCA components)={spec.align_target_dim}"
-            )
-
-
-class Stage2Model(nn.Module):
-    """The Denoiser around the VideoDiT, plus the REPA / VideoREPA projector when a baseline uses one.
-
-    `forward` computes the training loss, so that a multi-process wrapper (DDP) sees the whole computation;
-    inference uses `.denoiser` (an x0-predictor, see models/diffusion.Denoiser).
-    """
-
-    def __init__(self, spec: Stage2ModelSpec):
-        super().__init__()
-        _check_spec(spec)
-        self.spec = spec
-        self.diffusion = spec.diffusion_config()
-        self.denoiser = Denoiser(VideoDiT(spec.dit), self.diffusion)
-        self.projector = (
-            Projector(spec.dit.width, spec.projector_dim, spec.align_target_dim) if spec.alignment != "none" else None
-        )
-
-    @property
-    def net(self) -> VideoDiT:
-        return self.denoiser.net
-
-    @property
-    def activation_checkpointing(self) -> bool:
-        return self.net.activation_checkpointing
-
-    @activation_checkpointing.setter
-    def activation_checkpointing(self, enabled: bool) -> None:
-        self.net.set_activation_checkpointing(enabled)
-
-    def forward(
-        self,
-        x0: torch.Tensor,
-        cond_mask: torch.Tensor,
-        features: torch.Tensor | None = None,
-        align_target: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x0 [B, Cz, T, H, W] clean latents, cond_mask [B, T], features [B, C, T, h, w] (conditioning, after mixing
-        and dropout; ignored by an unconditioned DiT), align_target [B, C, T, h, w] (clean features; alignment only).
-        Returns (total loss, details: diffusion_loss, sigma [B], per_sample [B] and align_loss when aligning)."""
-        spec = self.spec
-        if spec.alignment == "none":
-            loss, details = diffusion_loss(self.denoiser, x0, cond_mask, features, self.diffusion, generator, return_details=True)
-            details["diffusion_loss"] = loss.detach()
-            return loss, details
-        if align_target is None:
-            raise ValueError(f"alignment {spec.alignment!r} needs align_target (the cached features of the window)")
-        loss, details = diffusion_loss(
-            self.denoiser, x0, cond_mask, features, self.diffusion, generator, return_block=spec.align_block
-        )
-        hidden = details.pop("hidden")  # [B, T, gh, gw, D]
-        student = self.projector(grid_tokens(hidden))
-        teacher = feature_tokens(align_target.to(student.dtype), tuple(hidden.shape[2:4])).detach()
-        if spec.alignment == "repa":
-            align = repa_loss(student, teacher)
-        else:
-            align = trd_loss(student, teacher, margin=spec.trd_margin)
-        details["diffusion_loss"] = loss.detach()
-        details["align_loss"] = align.detach()
-        return loss + spec.align_weight * align, details
-
-
-def stage2_model_spec(cfg: Config, meta: dict[str, Any]) -> Stage2ModelSpec:
-    """The config's Stage 2 model with latent and feature channels taken from the cache's meta.json."""
-    s2 = cfg.stage2
-    components = int(meta["pca"]["components"])
-    dit = dataclasses.replace(s2.model, latent_channels=int(meta["codec"]["channels"]), feature_channels=components)
-    diffusion = {k: getattr(s2.diffusion, k) for k in TRAINING_DIFFUSION_FIELDS}
-    spec = Stage2ModelSpec(
-        dit=dit, diffusion=diffusion, alignment=s2.alignment, align_block=s2.align_block, align_weight=s2.align_weight,
-        projector_dim=s2.projector_dim, align_target_dim=components, trd_margin=s2.trd_margin,
-    )
-    _check_spec(spec)
-    return spec
-
-
-def build_stage2_model(model_config: dict[str, Any]) -> Stage2Model:
-    """Model factory for `load_model_for_inference`: the checkpoint's `model` section -> Stage2Model."""
-    known = {f.name for f in dataclasses.fields(Stage2ModelSpec)}
-    unknown = sorted(set(model_config) - known)
-    if unknown or "dit" not in model_config or "diffusion" not in model_config:
-        raise ConfigError(
-            f"Stage 2 checkpoint model config has keys {sorted(model_config)}; expected {sorted(known)}. "
-            "It was not written by train/stage2.py"
-        )
-    dit_known = {f.name for f in dataclasses.fields(DiTConfig)}
-    bad = sorted(set(model_config["dit"]) - dit_known) + sorted(set(model_config["diffusion"]) - set(TRAINING_DIFFUSION_FIELDS))
-    if bad:
-        raise ConfigError(f"Stage 2 checkpoint model config has unknown keys {bad}; it was written by other code")
-    fields = {**model_config, "dit": DiTConfig(**model_config["dit"])}
-    return Stage2Model(Stage2ModelSpec(**fields))
 
 
 # ------------------------------------------------------------------------------------------- the cache
@@ -287,11 +163,6 @@ class Stage2Task:
     def model_config(self) -> dict[str, Any]:
         return self.spec.to_dict()
 
-    def cond_mask(self, batch: int, frames: int, device: torch.device) -> torch.Tensor:
-        mask = torch.zeros(batch, frames, device=device)
-        mask[:, : self.context] = 1
-        return mask
-
     def conditioning(self, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor | None, dict[str, float]]:
         """The features the DiT sees this step (mixed supervision, then nested dropout) and what was drawn."""
         if not self.uses_features:
@@ -314,7 +185,7 @@ class Stage2Task:
         b, _, t = x0.shape[:3]
         features, logs = self.conditioning(batch, generator)
         align_target = _frames_second(batch["features"]) if self.spec.alignment != "none" else None
-        loss, details = model(x0, self.cond_mask(b, t, x0.device), features, align_target, generator)
+        loss, details = model(x0, context_mask(b, t, self.context, x0.device), features, align_target, generator)
         logs["diffusion_loss"] = details["diffusion_loss"].item()
         if "align_loss" in details:
             logs["align_loss"] = details["align_loss"].item()
@@ -333,19 +204,14 @@ class Stage2Task:
             x0 = _frames_second(batch["latents"]).float()
             b, _, t = x0.shape[:3]
             features = _frames_second(batch["features"]).float() if self.uses_features else None
-            mask = self.cond_mask(b, t, x0.device)
+            mask = context_mask(b, t, self.context, x0.device)
             noise = torch.stack([
                 torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(VALIDATION_NOISE_SEED + int(s)))
                 for s in batch["sample"].tolist()
-            ]).to(x0.device)
-            future = (mask == 0)[:, None, :, None, None]
-            per_frame = x0.shape[1] * x0.shape[3] * x0.shape[4]
+            ])
             for i, sigma in enumerate(VALIDATION_SIGMAS):
-                x_sigma = torch.where(future, x0 + sigma * noise, x0)
-                x0_hat = model.denoiser(x_sigma, torch.full((b,), sigma, device=x0.device), x0, mask, features)
-                squared = ((x0_hat.float() - x0) ** 2 * future).flatten(1).sum(1)
-                mean_error = squared / (future.flatten(1).sum(1) * per_frame)  # mean over future elements, per window
-                sums[i] += (loss_weight(torch.tensor(sigma)) * mean_error).sum().item()
+                result = denoising_loss(model.denoiser, x0, mask, features, torch.full((b,), sigma), noise)
+                sums[i] += result.per_sample.sum().item()
             windows += b
         if windows == 0:
             return {}

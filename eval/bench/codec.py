@@ -20,21 +20,17 @@ import torch
 from rich.table import Table
 
 from configs.schema import Config
-from eval.metrics import psnr, ssim
+from models.metrics import psnr, ssim
 from pipeline.codec import Codec, build_codec
 from pipeline.codec_linear import add_video, block_accumulator, fit_linear_codec
 from pipeline.codec_pixel import PixelCodec
 from pipeline.console import console, summary
 from pipeline.decode import read_frames
+from pipeline.device import resolve_device, synchronize
 
 
 def _video(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(frames).to(device).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _windows(cfg: Config, dataset: str, root: Path, limit: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -54,13 +50,13 @@ def _score(codec: Codec, clips: list[np.ndarray], device: torch.device) -> dict[
     with torch.no_grad():
         for frames in clips:
             video = _video(frames, device)
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             z = codec.encode(video)
-            _sync(device)
+            synchronize(device)
             t1 = time.perf_counter()
             out = codec.decode(z)
-            _sync(device)
+            synchronize(device)
             encode_s.append(t1 - t0)
             decode_s.append(time.perf_counter() - t1)
             numbers = z[0].numel()
@@ -82,7 +78,7 @@ def _score(codec: Codec, clips: list[np.ndarray], device: torch.device) -> dict[
 def run(cfg: Config, dataset: str = "synthetic", root: Path | None = None, limit: int = 16, vae_weights: str | None = None,
         device: str = "cpu") -> dict[str, Any]:
     """Fit the linear codec on up to `limit` training windows, score every codec on up to `limit` val windows."""
-    dev = torch.device(device)
+    dev = resolve_device(device)
     r, s = cfg.codec.temporal_factor, cfg.codec.spatial_factor
     with tempfile.TemporaryDirectory(prefix="re2pix-bench-codec-") as tmp:
         if root is None:

@@ -26,6 +26,7 @@ from rich.table import Table
 from configs.schema import DiTConfig
 from models.dit import VideoDiT
 from pipeline.console import console, summary
+from pipeline.device import resolve_device, synchronize
 
 
 @contextmanager
@@ -58,11 +59,6 @@ def quiet_diffusers() -> Iterator[None]:
         diffusers_logging.set_verbosity(level)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(step: Callable[[], torch.Tensor], params: list[torch.nn.Parameter], device: torch.device,
             steps: int) -> dict[str, float]:
     """One warm-up step, then `steps` timed forward+backward steps; median time, memory figures."""
@@ -77,10 +73,10 @@ def measure(step: Callable[[], torch.Tensor], params: list[torch.nn.Parameter], 
     for _ in range(steps):
         for p in params:
             p.grad = None
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         step().backward()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return {"step_s": statistics.median(times), "saved_mib": saved[0] / 2**20, "peak_mib": peak}
@@ -110,9 +106,7 @@ def run(width: int = 96, depth: int = 2, heads: int = 4, frames: int = 7, height
     """
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available; use device='cpu'")
+    dev = resolve_device(device)
     torch_dtype = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
                    "float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
     if torch_dtype is None:

@@ -12,21 +12,17 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from contextlib import nullcontext
 from typing import Any, Sequence
 
 import torch
 from rich.table import Table
 
 from configs.schema import Config, load_config
+from models.diffusion import context_inputs
 from models.samplers import SAMPLERS, sample
+from models.stage2 import TRAINING_DIFFUSION_FIELDS, Stage2Model, Stage2ModelSpec
 from pipeline.console import console, summary
-from train.stage2 import TRAINING_DIFFUSION_FIELDS, Stage2Model, Stage2ModelSpec
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from pipeline.device import inference_autocast, resolve_device, synchronize
 
 
 def run(
@@ -57,9 +53,7 @@ def run(
         raise ValueError(f"samplers={list(samplers)}: choose from {SAMPLERS}")
     if guidance_weight <= 0:
         raise ValueError(f"guidance_weight={guidance_weight} must be > 0 (the guided rows are compared with unguided ones)")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available; use device='cpu'")
+    dev = resolve_device(device)
 
     channels = cfg.pca.components
     model_cfg = dataclasses.replace(
@@ -76,11 +70,9 @@ def run(
     (lh, lw), (gh, gw) = cfg.latent_hw, cfg.token_grid
     shape = (1, cfg.codec.channels, tf, lh, lw)
     gen = torch.Generator().manual_seed(seed)
-    context = torch.randn(shape, generator=gen).to(dev)
+    context, cond_mask = context_inputs(torch.randn(shape, generator=gen)[:, :, :ctx].to(dev), tf)
     features = torch.randn(1, channels, tf, gh, gw, generator=gen).to(dev)
-    cond_mask = torch.zeros(1, tf, device=dev)
-    cond_mask[:, :ctx] = 1
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    autocast = inference_autocast(dev)
     n_steps = steps or cfg.stage2.diffusion.steps
 
     rows: list[dict[str, Any]] = []
@@ -92,11 +84,11 @@ def run(
             )
             times = []
             for i in range(warmup + repeats):
-                _sync(dev)
+                synchronize(dev)
                 tic = time.perf_counter()
                 with torch.no_grad(), autocast:
                     sample(model.denoiser, shape, context, cond_mask, features, dcfg, generator=torch.Generator().manual_seed(seed + i))
-                _sync(dev)
+                synchronize(dev)
                 if i >= warmup:
                     times.append(time.perf_counter() - tic)
             rows.append({

@@ -23,18 +23,10 @@ from rich.table import Table
 from configs.schema import Config, load_config
 from models.foresight import FeatureForesight
 from pipeline.console import console, summary
+from pipeline.device import inference_autocast, resolve_device, synchronize
 from pipeline.pca import PCA
 from pipeline.vfm import build_vfm
 from train.stage1 import stage1_model_config
-
-
-def _device(device: str) -> torch.device:
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _time(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
@@ -43,10 +35,10 @@ def _time(step: Callable[[], None], steps: int, warmup: int, device: torch.devic
         step()
     times = []
     for _ in range(steps):
-        _sync(device)
+        synchronize(device)
         tic = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - tic)
     return sorted(times)[len(times) // 2]
 
@@ -68,8 +60,8 @@ def run(
 ) -> dict[str, Any]:
     """Time a Stage 1 step fed by cached features (fused / unfused attention) and by the VFM online."""
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
-    dev = _device(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    dev = resolve_device(device)
+    amp = inference_autocast(dev)
 
     vfm = build_vfm(cfg.vfm, allow_random_weights=True, device=dev)
     grid = list(vfm.grid)

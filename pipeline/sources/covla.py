@@ -16,7 +16,13 @@ from configs.schema import SourceConfig
 from pipeline.console import console
 from pipeline.decode import probe_video
 from pipeline.errors import DatasetLayoutError, InputError
-from pipeline.sources.base import Clip, OnError, hashed_split, read_split_files, report_unreadable
+from pipeline.sources.base import (
+    Clip,
+    OnError,
+    hashed_split,
+    read_split_files,
+    report_unreadable,
+)
 
 FPS = 20.0  # nominal; the container's rate is used
 VAL_FRACTION = 0.2

@@ -4,6 +4,13 @@
 
 from pipeline.synthetic.dataset import INFO_FILE, write_sample_dataset
 from pipeline.synthetic.render import render_frame
-from pipeline.synthetic.world import FPS, IGNORE, LABEL_VALUES, TRAIN_IDS, Scene, draw_scene
+from pipeline.synthetic.world import (
+    FPS,
+    IGNORE,
+    LABEL_VALUES,
+    TRAIN_IDS,
+    Scene,
+    draw_scene,
+)
 
 __all__ = ["FPS", "IGNORE", "INFO_FILE", "LABEL_VALUES", "TRAIN_IDS", "Scene", "draw_scene", "render_frame", "write_sample_dataset"]

@@ -45,7 +45,14 @@ from pipeline.sources.cityscapes import (
     SNIPPET_FRAMES,
 )
 from pipeline.synthetic.render import render_frame
-from pipeline.synthetic.world import DEPTH_NEAR, FPS, IGNORE, SNIPPETS_PER_CITY, TRAIN_IDS, draw_scene
+from pipeline.synthetic.world import (
+    DEPTH_NEAR,
+    FPS,
+    IGNORE,
+    SNIPPETS_PER_CITY,
+    TRAIN_IDS,
+    draw_scene,
+)
 
 INFO_FILE = "sample_dataset.json"
 

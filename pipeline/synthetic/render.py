@@ -6,7 +6,14 @@ import math
 
 import numpy as np
 
-from pipeline.synthetic.world import CAMERA_HEIGHT, DEPTH_NEAR, FPS, IGNORE, TRAIN_IDS, Scene
+from pipeline.synthetic.world import (
+    CAMERA_HEIGHT,
+    DEPTH_NEAR,
+    FPS,
+    IGNORE,
+    TRAIN_IDS,
+    Scene,
+)
 
 
 def render_frame(scene: Scene, frame: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
