@@ -26,6 +26,17 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range. The message names it and the fix."""
 
 
+# The Stage 2 samplers (models/samplers.py implements them): the config, the sampler itself, predict, evaluate and
+# `bench sample` all check names against this one list.
+SAMPLERS = ("euler", "multistep")
+
+
+def check_sampler(name: str, where: str = "stage2.diffusion.sampler") -> None:
+    """Refuse an unknown sampler name, naming the option it came from."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"{where}={name!r}: choose one of {', '.join(SAMPLERS)}")
+
+
 # --------------------------------------------------------------------------------------------- data
 
 
@@ -370,8 +381,7 @@ class Config:
             raise ConfigError(f"stage2.alignment={self.stage2.alignment!r}: choose none, repa or videorepa")
         if not 0.0 <= self.stage2.mixed_supervision_prob <= 1.0:
             raise ConfigError(f"stage2.mixed_supervision_prob={self.stage2.mixed_supervision_prob} must be in [0, 1]")
-        if self.stage2.diffusion.sampler not in ("multistep", "euler"):
-            raise ConfigError(f"stage2.diffusion.sampler={self.stage2.diffusion.sampler!r}: choose multistep or euler")
+        check_sampler(self.stage2.diffusion.sampler)
         for sec in (self.stage1.train, self.stage2.train, self.heads.train):
             if sec.mixed_precision not in ("auto", "no", "bf16", "fp16"):
                 raise ConfigError(f"train.mixed_precision={sec.mixed_precision!r}: choose auto, no, bf16 or fp16")

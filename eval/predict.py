@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
-from configs.schema import CodecConfig, DiffusionConfig, VFMConfig, config_from_dict
+from configs.schema import CodecConfig, DiffusionConfig, VFMConfig, check_sampler, config_from_dict
+from eval.generate import noise_seed
 from eval.visualize import frame_grid, pca_rgb, to_uint8_frames, write_mp4, write_png
 from models.diffusion import context_inputs
 from models.rollout import rollout_from_history
-from models.samplers import SAMPLERS, sample
+from models.samplers import sample
 from models.stage2 import build_stage2_model
 from pipeline import atomic, layout
 from pipeline.console import progress, summary, warn_loud
@@ -120,14 +121,13 @@ def _read_cache(root: str) -> tuple[dict[str, Any], PCA]:
 def check_checkpoints_fit_cache(meta: dict[str, Any], pca: PCA, s1: dict[str, Any], s2: dict[str, Any], cache: str) -> None:
     """Both checkpoints must read this cache's feature space and latent space; names every mismatch."""
     problems = []
-    for name, config in (("Stage 1", s1), ("Stage 2", s2)):
-        recorded = config.get("pca_fingerprint")
-        if recorded and recorded != pca.fingerprint:
-            problems.append(f"PCA fingerprint: {name} checkpoint {recorded!r}, {cache}/{layout.PCA_FILE} {pca.fingerprint!r}")
+    recorded = s2.get("pca_fingerprint")
+    if recorded and recorded != pca.fingerprint:
+        problems.append(f"PCA fingerprint: Stage 2 checkpoint {recorded!r}, {cache}/{layout.PCA_FILE} {pca.fingerprint!r}")
     if meta["pca"].get("fingerprint") not in (None, pca.fingerprint):
         problems.append(f"PCA fingerprint: meta.json {meta['pca']['fingerprint']!r}, {layout.PCA_FILE} {pca.fingerprint!r}")
     dit = s2["model"]["dit"]
-    problems += stage1_fit_problems(s1["model"], meta, pca.n_components)
+    problems += stage1_fit_problems(s1, meta, pca.fingerprint)
     if dit["feature_channels"] != pca.n_components:
         problems.append(f"Stage 2 takes {dit['feature_channels']} feature channels, the PCA has {pca.n_components}")
     if dit["latent_channels"] != meta["codec"]["channels"]:
@@ -210,16 +210,10 @@ def build_frozen_codec(meta: dict[str, Any], full_config: dict[str, Any], weight
 def sampling_config(base: DiffusionConfig, **overrides: Any) -> DiffusionConfig:
     """The checkpoint's sampling settings with the caller's overrides (None = keep)."""
     cfg = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.sampler not in SAMPLERS:
-        raise ValueError(f"sampler={cfg.sampler!r}: choose one of {SAMPLERS}")
+    check_sampler(cfg.sampler, "sampler")
     if cfg.steps < 1:
         raise ValueError(f"steps={cfg.steps} must be >= 1")
     return cfg
-
-
-def _sample_seed(seed: int, index: int) -> int:
-    """Independent, reproducible streams per sample: sample i does not depend on how many samples are drawn."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 # ------------------------------------------------------------------------------------------------ predict
@@ -323,7 +317,7 @@ def predict(
         with progress() as bar:
             job = bar.add_task("sampling", total=samples, status=f"{dcfg.sampler}, {dcfg.steps} steps")
             for i in range(samples):
-                generator = torch.Generator().manual_seed(_sample_seed(seed, i))
+                generator = torch.Generator().manual_seed(noise_seed(seed, i))
                 with autocast:
                     z = sample(stage2.denoiser, shape, context, cond_mask, dit_features, dcfg, generator=generator)
                 latents.append(z.float())
@@ -376,7 +370,7 @@ def predict(
         "has_truth": bool(has_truth),
         "samples": samples,
         "seed": seed,
-        "sample_seeds": [_sample_seed(seed, i) for i in range(samples)],
+        "sample_seeds": [noise_seed(seed, i) for i in range(samples)],
         "device": str(dev),
         "sampling": {k: getattr(dcfg, k) for k in ("sampler", "steps", "sigma_max", "sigma_min", "rho", "guidance_weight", "guidance_components", "inference_components")},
         "stage1": {"checkpoint": str(s1_path), "selected": s1_config["selected"], "weights": s1_loaded["loaded_weights"], "step": s1_config.get("step"),

@@ -20,11 +20,15 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from eval.scoring import METRICS, SSIM_BORDER
 from pipeline import atomic
+
+if TYPE_CHECKING:
+    from eval.protocol import EvalProtocol
 
 # metric key -> (header, scale to shown units, format, higher is better)
 COLUMNS: dict[str, tuple[str, float, str, bool]] = {
@@ -44,7 +48,7 @@ EXTRA_DEPTH: dict[str, tuple[str, float, str, bool]] = {
     "delta2": ("δ2 ↑", 100.0, "{:.1f}", True),
     "delta3": ("δ3 ↑", 100.0, "{:.1f}", True),
 }
-STEP_METRICS = ("miou", "miou_moving", "abs_rel", "delta1", "fid", "fvd", "psnr", "ssim")
+STEP_METRICS = METRICS  # every metric of the protocol, in the columns' order
 NA = "n/a"
 
 
@@ -134,6 +138,58 @@ def _ckpt_text(info: dict[str, Any]) -> str:
 
 def _random_text(info: dict[str, Any]) -> str:
     return "**trained on RANDOM-weight features**" if info.get("random_weights") else "real features"
+
+
+def describe_protocol(p: EvalProtocol, *, samples: int, seed: int, limit: int, windows_with_segmentation: int,
+                      windows_with_depth: int, sampling_overrides: dict[str, Any]) -> dict[str, Any]:
+    """The protocol as run, in words and numbers: metrics.json's `protocol` and report.md's *Protocol* section."""
+    m, k, future, ctx = p.context_frames, p.window_frames, p.predicted_frames, p.context_latent_frames
+    native = [int(i) for i in p.reader.manifest.row(int(p.rows[0]), named=True)["frame_indices"]]
+    windows = len(p.rows)
+    fid_dim = int(p.nets.fid.dim) if p.nets.fid is not None else 0
+    fvd_dim = int(p.nets.fvd.dim) if p.nets.fvd is not None else 0
+    copy_index = p.feature_indices[ctx - 1]
+    return {
+        "cache": p.cache,
+        "dataset": p.meta.get("dataset"),
+        "split": "val",
+        "windows": windows,
+        "limit": limit,
+        "windows_with_segmentation": windows_with_segmentation,
+        "windows_with_depth": windows_with_depth,
+        "window_frames": k,
+        "context_frames": m,
+        "predicted_frames": future,
+        "context_window_indices": [0, m - 1],
+        "predicted_window_indices": [m, k - 1],
+        "first_window_native_frames": {"context": [native[0], native[m - 1]], "predicted": [native[m], native[-1]]},
+        "annotated_index": p.annotated,
+        "annotated_native_frame": native[p.annotated],
+        "annotated_feature_frame": p.annotated_feature,
+        "copy_last_feature_index": copy_index,
+        "resolution": [p.height, p.width],
+        "samples": samples,
+        "seed": seed,
+        "batch_size": p.batch_size,
+        "truth": "decoded cached latents (lossless pixel codec: exact source frames)" if p.truth_from == "latents"
+                 else "source frames read again from the manifest's files",
+        "fid": f"Inception pool3 ({fid_dim}-d) of every predicted frame vs the real frame at the same position "
+               f"({windows * future} frames per side); uint8 frames, resized to 299x299 by the extractor",
+        "fvd": (f"one clip of {future} predicted frames per window vs the real clip ({windows} clips per side); "
+                f"every frame squashed to 224x224 (no crop), I3D Kinetics-400 logits averaged over time ({fvd_dim}-d); "
+                "Fréchet distance with N-1 covariances") if p.fvd_clips else "n/a (clips too short)",
+        "segmentation": f"{p.num_classes} classes, one confusion matrix over the set, ignore 255; moving objects = train ids "
+                        f"11-18; logits upsampled bicubically to the label resolution {p.height}x{p.width} (the cache's window size)",
+        "depth": "8-bit pseudo-disparity bins compared directly (no scale/shift alignment), valid = gt > 0, predicted bin 0 "
+                 "clamped to 1, per-image metrics averaged over images",
+        "psnr_ssim": "frames quantised to uint8, scaled to [0, 1]; per frame, averaged over all predicted frames; "
+                     f"SSIM Gaussian 11x11 sigma 1.5, {SSIM_BORDER} borders",
+        "generated_semantics": "VFM on the generated annotated frame (uint8 -> [0, 1]), PCA projection and reconstruction, heads",
+        "stage1_row": f"heads on Stage 1's rollout of feature frame {p.annotated_feature} (window index {p.annotated})",
+        "copy_last_row": f"pixels: window frame {m - 1} repeated; features: feature frame {ctx - 1} (window index {copy_index})",
+        "sampling_overrides": sampling_overrides,
+        "noise_seeds": "per (sample index, first window of the batch): the same noise for every method and checkpoint",
+    }
 
 
 def _protocol(results: dict[str, Any]) -> list[str]:

@@ -177,3 +177,31 @@ def read_mp4(path: str | os.PathLike) -> np.ndarray:
     if not frames:
         raise ValueError(f"{path}: no video frames")
     return np.stack(frames)
+
+
+class GridCollector:
+    """Qualitative grids (paper figures 4-8): for each of a few windows, one row of frames per method, at the given
+    window indices (`columns`). Methods add whole clips; the collector keeps only the cells it needs."""
+
+    def __init__(self, rows: Sequence[int], columns: Sequence[int]):
+        self.columns = list(columns)
+        self.cells: dict[int, dict[str, list[np.ndarray | None]]] = {int(r): {} for r in rows}
+
+    def add(self, rows: Sequence[int], label: str, video: torch.Tensor, first: int) -> None:
+        """`video` uint8 [B, 3, T, H, W] for windows `rows`, whose frame 0 is window index `first` (earlier columns
+        stay empty). The first clip added under a label is kept."""
+        for b, r in enumerate(rows):
+            if r in self.cells and label not in self.cells[r]:
+                self.cells[r][label] = [video[b, :, c - first].permute(1, 2, 0).cpu().numpy() if c >= first else None
+                                        for c in self.columns]
+
+    def write(self, out_dir: Path, names: dict[int, str]) -> list[Path]:
+        """One PNG per window, `out_dir / f"{names[row]}.png"`; returns the paths written."""
+        written = []
+        for r, cells in self.cells.items():
+            if cells:
+                labels = list(cells)
+                path = out_dir / f"{names[r]}.png"
+                write_png(frame_grid([cells[k] for k in labels], labels), path)
+                written.append(path)
+        return written

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from configs.schema import SAMPLERS, check_sampler  # noqa: F401  (SAMPLERS re-exported: the list samplers implement)
+
 if TYPE_CHECKING:
     from configs.schema import DiffusionConfig
 
 X0Predictor = Callable[[torch.Tensor, float], torch.Tensor]
-SAMPLERS = ("euler", "multistep")
 
 
 def karras_sigmas(steps: int, sigma_max: float, sigma_min: float, rho: float) -> torch.Tensor:
@@ -74,8 +75,7 @@ def integrate(predict_x0: X0Predictor, x: torch.Tensor, sigmas: torch.Tensor, me
     method "euler": x0-form Euler at every step. "multistep": Euler for the first step (no history yet), then the
     second-order multistep using the previous evaluation. len(sigmas) evaluations of `predict_x0` in all.
     """
-    if method not in SAMPLERS:
-        raise ValueError(f"stage2.diffusion.sampler={method!r}: choose one of {SAMPLERS}")
+    check_sampler(method)
     levels = [float(s) for s in sigmas]
     x0_prev = None
     for i in range(len(levels) - 1):
@@ -197,8 +197,7 @@ def sample(
         raise ValueError(f"sample: shape must be (B, C, T, H, W), got {shape}")
     if tuple(context.shape) != shape:
         raise ValueError(f"sample: context {tuple(context.shape)} must have the sampled shape {shape}")
-    if cfg.sampler not in SAMPLERS:
-        raise ValueError(f"stage2.diffusion.sampler={cfg.sampler!r}: choose one of {SAMPLERS}")
+    check_sampler(cfg.sampler)
     features, coarse = _prepare_features(features, guidance_features, cfg)
     sigmas = karras_sigmas(cfg.steps, cfg.sigma_max, cfg.sigma_min, cfg.rho)
 

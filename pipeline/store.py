@@ -295,16 +295,17 @@ class CacheReader:
             raise CacheError(f"{self.root} does not match: " + "; ".join(problems))
 
 
-def open_complete_cache(cache: str, expected: dict[str, Any]) -> CacheReader:
-    """A trainer's view of its cache: refused unless complete and matching `expected` (dotted meta keys), naming
-    every mismatch. Each trainer passes the fields its model depends on (see `cache_expectations`)."""
+def open_complete_cache(cache: str, expected: dict[str, Any] | None = None) -> CacheReader:
+    """A cache to read from: refused unless complete and matching `expected` (dotted meta keys), naming every
+    mismatch. Each trainer passes the fields its model depends on (see `cache_expectations`); the pool, predict and
+    evaluate check their checkpoints against the cache instead."""
     reader = CacheReader(cache)
     if not reader.complete:
         raise CacheError(
             f"{cache}: meta.json status is {reader.meta.get('status')!r}, not 'complete'; finish it first "
             "(re-run `python cli.py cache` with the same --out, it resumes)"
         )
-    reader.require(**expected)
+    reader.require(**(expected or {}))
     return reader
 
 

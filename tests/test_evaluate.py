@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 import eval.evaluate as evaluate_module
+import eval.scoring as scoring_module
 from configs.schema import load_config
 from eval.evaluate import (
     COPY_ROW,
@@ -83,8 +84,8 @@ def _tiny_builders(monkeypatch_ctx, calls: list):
         assert allow_random
         return TinyFVD()
 
-    monkeypatch_ctx.setattr(evaluate_module, "build_fid_extractor", fid)
-    monkeypatch_ctx.setattr(evaluate_module, "build_fvd_extractor", fvd)
+    monkeypatch_ctx.setattr(scoring_module, "build_fid_extractor", fid)
+    monkeypatch_ctx.setattr(scoring_module, "build_fvd_extractor", fvd)
 
 
 @pytest.fixture(scope="module")

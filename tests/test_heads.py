@@ -14,20 +14,13 @@ import zarr
 
 from configs.schema import load_config
 from models.dpt import split_layers
+from models.heads import build_head, head_tokens, predict_labels
 from models.metrics import ConfusionMatrix
 from pipeline import layout
 from pipeline.store import CacheError, CacheReader, write_parquet
 from tests.cache_fixtures import make_cache
 from train import checkpoint as ckpt
-from train.heads import (
-    LabelledFrames,
-    build_head,
-    feature_frame_of,
-    head_tokens,
-    labelled_samples,
-    predict_labels,
-    train_heads,
-)
+from train.heads import LabelledFrames, feature_frame_of, labelled_samples, train_heads
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,7 @@ def test_pool_from_another_checkpoint_is_refused_unless_overwrite(tmp_path):
 def test_checkpoint_for_another_feature_space_is_refused(tmp_path):
     cache = _cache(tmp_path)
     path, _ = _stage1_checkpoint(tmp_path / "s1", seed=0, in_channels=16, pca_fingerprint="other-pca")
-    with pytest.raises(CacheError, match=r"pca\.fingerprint.*Stage 1 reads 16 PCA components, the cache has 8"):
+    with pytest.raises(CacheError, match=r"PCA fingerprint.*Stage 1 reads 16 PCA components, the cache has 8"):
         make_predicted_pool(cache, path, device="cpu")
 
 

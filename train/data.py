@@ -119,7 +119,7 @@ def rank_split(items: np.ndarray, world_size: int, rank: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- datasets
 
 
-class _LazyGroup:
+class LazyCacheGroup:
     """The cache's zarr group, opened on first use in the current process (zarr handles are not fork-safe)."""
 
     def __init__(self, root: str):
@@ -160,7 +160,7 @@ class Stage1SubWindows(Dataset):
                 f"Stage 1 needs feature_frames ({feature_frames}) > context_frames ({context_frames}) > 0 "
                 "(stage1.model.context_frames vs the cache's latent frames)"
             )
-        self.group = _LazyGroup(root)
+        self.group = LazyCacheGroup(root)
         self.span = context_frames + 1
         per_window = feature_frames - context_frames
         samples = np.asarray(samples, dtype=np.int64)
@@ -197,7 +197,7 @@ class WindowSamples(Dataset):
         latents: bool = True,
         pool_samples: Sequence[int] | np.ndarray | None = None,
     ):
-        self.group = _LazyGroup(root)
+        self.group = LazyCacheGroup(root)
         self.samples = np.asarray(samples, dtype=np.int64)
         self.shards = self.samples // shard_size
         self.arrays = {k: name for k, name, on in (("features", layout.FEATURES, features), ("latents", layout.LATENTS, latents)) if on}

@@ -40,13 +40,12 @@ from configs.schema import Config, ConfigError
 from models.dpt import (
     DEPTH_IGNORE_INDEX,
     SEGMENTATION_IGNORE_INDEX,
-    DPTHead,
     depth_from_logits,
     depth_loss,
     segmentation_from_logits,
     segmentation_loss,
-    split_layers,
 )
+from models.heads import HEAD_TASKS, build_head, head_tokens
 from models.metrics import ConfusionMatrix, DepthMetrics
 from pipeline import atomic, layout
 from pipeline.console import console
@@ -57,10 +56,9 @@ from pipeline.store import (
     cache_expectations,
     open_complete_cache,
 )
-from train.data import LoaderRequest, _LazyGroup, training_loader, validation_loader
+from train.data import LazyCacheGroup, LoaderRequest, training_loader, validation_loader
 from train.loop import TrainResult, is_main_process, run_training
 
-HEAD_TASKS = ("segmentation", "depth")
 LABEL_ARRAYS = {"segmentation": layout.SEGMENTATION, "depth": layout.DEPTH}
 IGNORE_VALUES = {"segmentation": SEGMENTATION_IGNORE_INDEX, "depth": DEPTH_IGNORE_INDEX}
 DEFAULT_DEPTH_SCHEDULE = "cosine"  # paper 9.3
@@ -86,35 +84,6 @@ def head_model_config(cfg: Config, meta: dict[str, Any], task: str) -> dict[str,
         "num_outputs": int(cfg.heads.num_classes if task == "segmentation" else cfg.heads.depth_bins),
         "use_bn": True,
     }
-
-
-def build_head(model_config: dict[str, Any]) -> DPTHead:
-    """Model factory for `load_model_for_inference`: a head checkpoint's `model` section -> DPTHead."""
-    known = {"task", "in_channels", "layers", "features", "out_channels", "num_outputs", "use_bn"}
-    unknown = sorted(set(model_config) - known)
-    if unknown:
-        raise ConfigError(f"head checkpoint model config has unknown keys {unknown}; it was written by other code")
-    kwargs = {k: v for k, v in model_config.items() if k != "task"}
-    return DPTHead(**kwargs)
-
-
-def head_tokens(pca: PCA, coefficients: torch.Tensor, layers: int) -> list[torch.Tensor]:
-    """PCA coefficients [B, K' <= K, h, w] -> the `layers` reconstructed VFM maps [B, D, h, w] the heads read."""
-    full = pca.inverse_maps(coefficients.to(pca.components.dtype))
-    return split_layers(full.float(), layers)
-
-
-def head_logits(head: nn.Module, pca: PCA, coefficients: torch.Tensor) -> torch.Tensor:
-    """Logits [B, outputs, 8h, 8w] of `head` on PCA coefficients [B, K, h, w] (PCA on the coefficients' device)."""
-    return head(head_tokens(pca, coefficients, head.layers))
-
-
-def predict_labels(head: nn.Module, task: str, pca: PCA, coefficients: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Per-pixel train id or depth bin [B, H, W] at the label size `size` (bicubic logits, then argmax)."""
-    logits = head_logits(head, pca, coefficients)
-    if task == "segmentation":
-        return segmentation_from_logits(logits.float(), size)
-    return depth_from_logits(logits.float(), size)
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -159,7 +128,7 @@ class LabelledFrames(Dataset):
     def __init__(self, root: str, samples: np.ndarray, frames: np.ndarray, label_array: str, shard_size: int):
         if len(samples) != len(frames):
             raise ValueError(f"LabelledFrames: {len(samples)} samples but {len(frames)} frame positions")
-        self.group = _LazyGroup(root)
+        self.group = LazyCacheGroup(root)
         self.samples = np.asarray(samples, dtype=np.int64)
         self.frames = np.asarray(frames, dtype=np.int64)
         self.label_array = label_array

@@ -41,10 +41,11 @@ from pipeline.store import (
     WriterLock,
     create_arrays,
     done_shards,
+    open_complete_cache,
     write_shard,
 )
 from train import checkpoint as ckpt
-from train.stage1 import build_stage1_model, stage1_fit_problems
+from train.stage1 import build_stage1_model, check_stage1_fits_cache
 
 
 def _unit_draw(sample_id: str, salt: str = "") -> float:
@@ -74,17 +75,6 @@ def rollout_cosine(model: torch.nn.Module, features: torch.Tensor, ctx: int) -> 
             F.cosine_similarity(copy, truth, dim=2).mean(dim=(2, 3)))
 
 
-def _check_compatible(reader: CacheReader, config: dict[str, Any], path: Path) -> None:
-    """The checkpoint must read this cache's feature space: same PCA, channels, grid and context length."""
-    meta, model = reader.meta, config["model"]
-    problems = []
-    if config.get("pca_fingerprint") and config["pca_fingerprint"] != meta["pca"].get("fingerprint"):
-        problems.append(f"pca.fingerprint: checkpoint {config['pca_fingerprint']!r}, cache {meta['pca'].get('fingerprint')!r}")
-    problems += stage1_fit_problems(model, meta, int(meta["pca"]["components"]))
-    if problems:
-        raise CacheError(f"Stage 1 checkpoint {path} does not fit cache {reader.root}: " + "; ".join(problems))
-
-
 def _clear_pool_markers(root: str) -> None:
     fs, p = fsspec.core.url_to_fs(atomic.join(root, layout.POOL_DONE_DIR))
     if fs.exists(p):
@@ -112,13 +102,11 @@ def make_predicted_pool(
         raise ValueError(f"fraction={fraction} must be in (0, 1]")
     if batch_size < 1 or folds < 1:
         raise ValueError(f"batch_size={batch_size} and folds={folds} must be >= 1")
-    reader = CacheReader(cache)
-    if not reader.complete:
-        raise CacheError(f"{cache}: meta.json status is {reader.meta.get('status')!r}; finish the cache before making the pool")
+    reader = open_complete_cache(cache)
     dev = resolve_device(device)
     path, selected = ckpt.select_checkpoint(stage1_ckpt)
     model, config = ckpt.load_model_for_inference(path, build_stage1_model, prefer_ema=prefer_ema, device=dev)
-    _check_compatible(reader, config, path)
+    check_stage1_fits_cache({**config, "checkpoint": str(path)}, reader.meta, reader.root)
     if config.get("random_weights"):
         warn_loud(f"Stage 1 checkpoint {path} was trained on features from RANDOM weights; the pool inherits that")
     meta = reader.meta

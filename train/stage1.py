@@ -57,10 +57,15 @@ def build_stage1_model(model_config: dict[str, Any]) -> FeatureForesight:
     return FeatureForesight(Stage1ModelConfig(**model_config))
 
 
-def stage1_fit_problems(model: dict[str, Any], meta: dict[str, Any], n_components: int) -> list[str]:
-    """Why a Stage 1 model (its checkpoint's `model` config) cannot read a cache's feature space; [] if it can.
-    Shared by the pool, predict and evaluate."""
-    problems = []
+def stage1_fit_problems(config: dict[str, Any], meta: dict[str, Any], pca_fingerprint: str | None = None) -> list[str]:
+    """Why a Stage 1 checkpoint (its config.json) cannot read a cache's feature space (meta.json, and the fingerprint
+    of the PCA file when the caller loaded it); [] if it can. The one check the pool, predict and evaluate share."""
+    model, problems = config["model"], []
+    cache_fingerprint = pca_fingerprint or meta["pca"].get("fingerprint")
+    recorded = config.get("pca_fingerprint")
+    if recorded and cache_fingerprint and recorded != cache_fingerprint:
+        problems.append(f"PCA fingerprint: Stage 1 checkpoint {recorded!r}, cache {cache_fingerprint!r}")
+    n_components = int(meta["pca"]["components"])
     if model["in_channels"] != n_components:
         problems.append(f"Stage 1 reads {model['in_channels']} PCA components, the cache has {n_components}")
     if [model["grid_h"], model["grid_w"]] != list(meta["vfm"]["grid"]):
@@ -68,6 +73,13 @@ def stage1_fit_problems(model: dict[str, Any], meta: dict[str, Any], n_component
     if model["context_frames"] > meta["context_latent_frames"]:
         problems.append(f"Stage 1 needs {model['context_frames']} context feature frames, the window has {meta['context_latent_frames']}")
     return problems
+
+
+def check_stage1_fits_cache(config: dict[str, Any], meta: dict[str, Any], cache: str, pca_fingerprint: str | None = None) -> None:
+    """Refuse a Stage 1 checkpoint that cannot read the cache, naming every mismatch (see `stage1_fit_problems`)."""
+    problems = stage1_fit_problems(config, meta, pca_fingerprint)
+    if problems:
+        raise CacheError(f"Stage 1 checkpoint {config.get('checkpoint', '?')} does not fit cache {cache}: " + "; ".join(problems))
 
 
 def open_stage1_cache(cfg: Config, cache: str) -> CacheReader:

@@ -17,9 +17,10 @@ from typing import Any, Sequence
 import torch
 from rich.table import Table
 
-from configs.schema import Config, load_config
+from configs.schema import SAMPLERS, Config, check_sampler, load_config
+from eval.generate import noise_seed
 from models.diffusion import context_inputs
-from models.samplers import SAMPLERS, sample
+from models.samplers import sample
 from models.stage2 import TRAINING_DIFFUSION_FIELDS, Stage2Model, Stage2ModelSpec
 from pipeline.console import console, summary
 from pipeline.device import inference_autocast, resolve_device, synchronize
@@ -48,9 +49,10 @@ def run(
     cfg = load_config(cfg) if isinstance(cfg, str) else cfg
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
-    unknown = [s for s in samplers if s not in SAMPLERS]
-    if unknown or not samplers:
-        raise ValueError(f"samplers={list(samplers)}: choose from {SAMPLERS}")
+    for name in samplers:
+        check_sampler(name, "samplers")
+    if not samplers:
+        raise ValueError(f"samplers=[]: choose at least one of {SAMPLERS}")
     if guidance_weight <= 0:
         raise ValueError(f"guidance_weight={guidance_weight} must be > 0 (the guided rows are compared with unguided ones)")
     dev = resolve_device(device)
@@ -87,7 +89,7 @@ def run(
                 synchronize(dev)
                 tic = time.perf_counter()
                 with torch.no_grad(), autocast:
-                    sample(model.denoiser, shape, context, cond_mask, features, dcfg, generator=torch.Generator().manual_seed(seed + i))
+                    sample(model.denoiser, shape, context, cond_mask, features, dcfg, generator=torch.Generator().manual_seed(noise_seed(seed, i)))
                 synchronize(dev)
                 if i >= warmup:
                     times.append(time.perf_counter() - tic)

@@ -1,0 +1,131 @@
+"""What evaluation measures per method: the metric names, the FID/FVD feature networks, and `RowMetrics`, the running
+totals of one method (one sample of it) over the val windows (confusion matrix, depth errors, PSNR/SSIM sums, Fréchet
+feature statistics)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from configs.schema import Config
+from eval.feature_nets import build_fid_extractor, build_fvd_extractor
+from eval.frechet import FeatureStats, frechet_distance
+from models.metrics import ConfusionMatrix, DepthMetrics, psnr, ssim
+
+# The protocol's metrics, in the paper's column order (eval/report.py lays its tables out in this order).
+METRICS = ("miou", "miou_moving", "abs_rel", "delta1", "fid", "fvd", "psnr", "ssim")
+SEMANTIC_METRICS = ("miou", "miou_moving", "abs_rel", "delta1")
+PIXEL_METRICS = ("fid", "fvd", "psnr", "ssim")
+EXTRA_DEPTH_METRICS = ("sq_rel", "rmse", "rmse_log", "delta2", "delta3")
+SSIM_BORDER = "reflect"
+
+
+# ------------------------------------------------------------------------------------------ metric nets
+
+
+@dataclass
+class MetricNets:
+    """The FID and FVD feature networks (each with `.dim` and `.weights`: "file:<sha16>" or "random"); None when
+    FID/FVD are switched off (`fid_fvd=False`: with random networks they cost most of an evaluation and mean nothing)."""
+
+    fid: nn.Module | None
+    fvd: nn.Module | None
+
+
+def build_metric_nets(cfg: Config, allow_random: bool, device: torch.device | str = "cpu") -> MetricNets:
+    """FID Inception and FVD I3D from `eval.fid_weights` / `eval.fvd_weights`; without a file this raises
+    MissingMetricWeightsError (what to download, and `--allow-random-metric-weights`) unless `allow_random`."""
+    allow = allow_random or cfg.eval.allow_random_metric_weights
+    return MetricNets(
+        fid=build_fid_extractor(cfg.eval.fid_weights, allow_random=allow, device=device, seed=cfg.seed),
+        fvd=build_fvd_extractor(cfg.eval.fvd_weights, allow_random=allow, device=device, seed=cfg.seed),
+    )
+
+
+# ------------------------------------------------------------------------------------------- accumulators
+
+
+class RowMetrics:
+    """Everything one method (one sample of it) accumulates over the val windows."""
+
+    def __init__(self, num_classes: int, fid_dim: int, fvd_dim: int):
+        self.confusion = ConfusionMatrix(num_classes)
+        self.depth = DepthMetrics()
+        self.fid = FeatureStats(fid_dim) if fid_dim else None
+        self.fvd = FeatureStats(fvd_dim) if fvd_dim else None
+        self.psnr_sum, self.ssim_sum, self.frames = 0.0, 0.0, 0
+        self.has_semantics = self.has_pixels = False
+
+    def add_semantics(self, segmentation: torch.Tensor | None, seg_labels: torch.Tensor | None,
+                      depth: torch.Tensor | None, depth_labels: torch.Tensor | None) -> None:
+        """Predicted train ids / depth bins [B, H, W] against the labels of the windows that have them."""
+        self.has_semantics = True
+        if segmentation is not None and len(segmentation):
+            self.confusion.update(segmentation.cpu(), seg_labels.cpu())
+        if depth is not None and len(depth):
+            self.depth.update(depth.cpu(), depth_labels.cpu())
+
+    def add_frames(self, predicted: torch.Tensor, real: torch.Tensor, nets: MetricNets, fvd_clips: bool) -> None:
+        """uint8 clips [B, 3, T, H, W] of predicted and real future frames."""
+        self.has_pixels = True
+        b, _, t, h, w = predicted.shape
+        frames = predicted.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
+        truth = real.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
+        if nets.fid is not None:
+            self.fid.update(nets.fid(frames))
+        if fvd_clips and nets.fvd is not None:
+            self.fvd.update(nets.fvd(predicted))
+        x, y = frames.double() / 255.0, truth.double() / 255.0
+        self.psnr_sum += float(psnr(x, y, data_range=1.0).sum())
+        self.ssim_sum += float(ssim(x, y, data_range=1.0, border=SSIM_BORDER).sum())
+        self.frames += b * t
+
+    def compute(self, real_fid: FeatureStats, real_fvd: FeatureStats, notes: list[str]) -> dict[str, float | None]:
+        out: dict[str, float | None] = dict.fromkeys(METRICS)
+        if self.has_semantics:
+            out["miou"] = self.confusion.miou()
+            out["miou_moving"] = self.confusion.moving_miou() if self.confusion.num_classes == 19 else None
+            depth = self.depth.compute()
+            out["abs_rel"], out["delta1"] = depth["abs_rel"], depth["delta1"]
+            out.update({k: depth[k] for k in EXTRA_DEPTH_METRICS})
+        if self.has_pixels and self.frames:
+            out["psnr"] = self.psnr_sum / self.frames
+            out["ssim"] = self.ssim_sum / self.frames
+            out["fid"] = frechet_or_none(self.fid, real_fid, "FID", notes) if self.fid is not None else None
+            out["fvd"] = frechet_or_none(self.fvd, real_fvd, "FVD", notes) if self.fvd is not None and self.fvd.count else None
+        return out
+
+
+def frechet_or_none(pred: FeatureStats, real: FeatureStats, what: str, notes: list[str]) -> float | None:
+    if pred.count < 2 or real.count < 2:
+        add_note(notes, f"{what} needs at least 2 samples per side (have {pred.count} predicted, {real.count} real): reported as n/a")
+        return None
+    try:
+        return frechet_distance(pred, real)
+    except ValueError as exc:  # badly conditioned covariances (far fewer samples than dimensions)
+        add_note(notes, f"{what}: {exc}")
+        return None
+
+
+def add_note(notes: list[str], text: str) -> None:
+    if text not in notes:
+        notes.append(text)
+
+
+def summarize(values: Sequence[float | None]) -> dict[str, Any]:
+    """{"mean", "std", "values"} over samples (std with ddof 0, as over a handful of sampling runs; None when n/a)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return {"mean": None, "std": None, "values": [None if v is None else float(v) for v in values]}
+    return {"mean": float(np.mean(finite)), "std": float(np.std(finite)) if len(finite) > 1 else 0.0,
+            "values": [None if v is None else float(v) for v in values]}
+
+
+def quantize(video: torch.Tensor) -> torch.Tensor:
+    """Codec output [B, 3, T, H, W] in [-1, 1] -> uint8 (rounded, as a saved frame would be)."""
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
