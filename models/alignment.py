@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from models.conditioning import resize_feature_grid
+
 
 class Projector(nn.Module):
     """REPA's build_mlp: Linear(width -> p) SiLU Linear(p -> p) SiLU Linear(p -> target_dim), with biases."""
@@ -48,12 +50,8 @@ def feature_tokens(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tenso
     """Target features [B, C, T, h, w] -> tokens [B, T*gh*gw, C] on the DiT token grid (bilinear only if needed)."""
     if features.ndim != 5:
         raise ValueError(f"features must be [B, C, T, h, w]; got {tuple(features.shape)}")
-    b, c, t, h, w = features.shape
-    if (h, w) != tuple(grid):
-        flat = features.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        features = F.interpolate(flat, size=tuple(grid), mode="bilinear", align_corners=False)
-        features = features.reshape(b, t, c, *grid).permute(0, 2, 1, 3, 4)
-    return features.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
+    b, c = features.shape[:2]
+    return resize_feature_grid(features, grid).permute(0, 2, 3, 4, 1).reshape(b, -1, c)
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str, same_dim: bool) -> None:

@@ -13,6 +13,7 @@ Features are laid out as the DiT consumes them: [B, C, T, h, w].
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _check_features(features: torch.Tensor, name: str = "features") -> None:
@@ -57,19 +58,6 @@ def sample_nested_keep(batch: int, levels: list[int], channels: int,
     return usable.to(device)[index]
 
 
-def truncate_channels(features: torch.Tensor, channels: int) -> torch.Tensor:
-    """Inference with only the first `channels` components (1..C); the rest are zeroed as in training."""
-    _check_features(features)
-    c = features.shape[1]
-    if not 1 <= channels <= c:
-        raise ValueError(
-            f"cannot keep {channels} of {c} feature channels: choose 1..{c} "
-            "(diffusion.inference_components = 0 means all and is resolved by the caller)"
-        )
-    keep = torch.full((features.shape[0],), channels, dtype=torch.long, device=features.device)
-    return nested_dropout(features, keep)
-
-
 def sample_mixed(batch: int, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """BoolTensor [batch]: True where a sample's future features come from the Stage 1 prediction pool."""
     if not 0.0 <= prob <= 1.0:
@@ -100,3 +88,14 @@ def mix_future_features(true: torch.Tensor, predicted: torch.Tensor, use_pred: t
     future = torch.where(use_pred.to(true.device)[:, None, None, None, None], predicted.to(true.dtype),
                          true[:, :, context_frames:])
     return torch.cat([true[:, :, :context_frames], future], dim=2)
+
+
+def resize_feature_grid(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Features [B, C, T, h, w] -> [B, C, T, grid_h, grid_w], bilinear per frame; returned as is when already on the
+    grid. The DiT's feature embedding and the alignment targets both meet the token grid this way."""
+    b, c, t, h, w = features.shape
+    if (h, w) == tuple(grid):
+        return features
+    flat = features.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+    flat = F.interpolate(flat, size=tuple(grid), mode="bilinear", align_corners=False)
+    return flat.reshape(b, t, c, *grid).permute(0, 2, 1, 3, 4)

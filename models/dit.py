@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from configs.schema import DiTConfig
+from models.conditioning import resize_feature_grid
 from models.rope import VideoRoPE3D, apply_rope
 
 NORM_EPS = 1e-6
@@ -252,11 +253,7 @@ class VideoDiT(nn.Module):
                 f"features must be [B, {self.cfg.feature_channels}, {frames}, h, w] (channels = "
                 f"DiTConfig.feature_channels, frames = latent frames); got {tuple(features.shape)}"
             )
-        b, cf, t, h, w = features.shape
-        if (h, w) != grid:
-            flat = features.permute(0, 2, 1, 3, 4).reshape(b * t, cf, h, w)
-            flat = F.interpolate(flat, size=grid, mode="bilinear", align_corners=False)
-            features = flat.reshape(b, t, cf, *grid).permute(0, 2, 1, 3, 4)
+        features = resize_feature_grid(features, grid)
         # A 1x1 patchify is a transpose: one token per grid cell.
         return self.feature_embed(features.permute(0, 2, 3, 4, 1))
 

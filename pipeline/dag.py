@@ -27,7 +27,7 @@ from pipeline.cache_worker import CacheWorker, StageTimes
 from pipeline.codec_linear import LinearCodec, fit_linear_codec
 from pipeline.console import console, progress, warn_loud
 from pipeline.errors import InputError
-from pipeline.fingerprint import RANDOM, dict_fingerprint
+from pipeline.fingerprint import RANDOM, dict_fingerprint, differences
 from pipeline.pca import PCA, PCAAccumulator, fit_pca
 from pipeline.sources import list_clips
 from pipeline.store import (
@@ -87,15 +87,6 @@ def cache_settings(cfg: Config, dataset: str, root: str) -> dict[str, Any]:
         "cache": {k: c["cache"].get(k) for k in ("shard_size", "dtype", "compressor", "compression_level")}
         | ({"flipped_features": True} if c["cache"].get("flipped_features") else {}),
     }
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
-        return out
-    return [] if old == new else [f"{prefix}: cache has {old!r}, this run has {new!r}"]
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -367,7 +358,7 @@ def build_cache(
 def _open_or_create_meta(meta_path: str, settings: dict[str, Any], windows: Sequence[Window], shard_size: int) -> dict[str, Any]:
     if atomic.exists(meta_path):
         meta = atomic.read_json(meta_path)
-        diffs = _differences(meta.get("settings", {}), settings)
+        diffs = differences(meta.get("settings", {}), settings)
         if meta.get("num_samples") not in (None, len(windows)):
             diffs.append(f"num_samples: cache has {meta.get('num_samples')}, this run lists {len(windows)} windows")
         if diffs:

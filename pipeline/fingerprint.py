@@ -25,3 +25,14 @@ def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def dict_fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def differences(recorded: Any, current: Any, where: str = "", holder: str = "cache") -> list[str]:
+    """Every leaf where two nested configs differ, as "a.b: <holder> has X, this run has Y" (sorted keys): how the
+    cache and the trainers explain why a resume or a reuse is refused."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(recorded) | set(current)):
+            out += differences(recorded.get(key), current.get(key), f"{where}.{key}" if where else str(key), holder)
+        return out
+    return [] if recorded == current else [f"{where}: {holder} has {recorded!r}, this run has {current!r}"]

@@ -11,8 +11,8 @@ from models.conditioning import (
     nested_levels,
     sample_mixed,
     sample_nested_keep,
-    truncate_channels,
 )
+from models.samplers import keep_first_channels
 
 
 def features(b=3, c=16, t=4, h=2, w=3, seed=0):
@@ -67,14 +67,14 @@ def test_sampled_levels_are_uniform():
     assert torch.equal(keep, again)
 
 
-def test_truncate_channels_keeps_the_first_c_everywhere():
+def test_inference_truncation_equals_training_nested_dropout_at_the_same_level():
+    # Table 5's inference truncation (models.samplers) must zero exactly what training's nested dropout zeroes.
     f = features()
-    out = truncate_channels(f, 3)
-    assert torch.equal(out[:, :3], f[:, :3]) and torch.all(out[:, 3:] == 0)
-    assert torch.equal(truncate_channels(f, 16), f)
-    for bad in (0, 17):
-        with pytest.raises(ValueError, match="feature channels"):
-            truncate_channels(f, bad)
+    for keep in (1, 3, 16):
+        levels = torch.full((f.shape[0],), keep, dtype=torch.long)
+        out = keep_first_channels(f, keep)
+        assert torch.equal(out, nested_dropout(f, levels))
+        assert torch.equal(out[:, :keep], f[:, :keep]) and torch.all(out[:, keep:] == 0)
 
 
 def test_mixed_supervision_frequency_matches_probability():

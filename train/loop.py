@@ -32,6 +32,7 @@ from torch import nn
 
 from configs.schema import ConfigError, OptimConfig, TrainConfig
 from pipeline.console import console, progress, summary, warn_loud
+from pipeline.fingerprint import differences
 from train import checkpoint as ckpt
 from train.data import LoaderRequest
 from train.ema import EMA
@@ -149,15 +150,6 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def _differences(saved: Any, current: Any, where: str) -> list[str]:
-    if isinstance(saved, dict) and isinstance(current, dict):
-        out = []
-        for key in sorted(set(saved) | set(current)):
-            out += _differences(saved.get(key), current.get(key), f"{where}.{key}" if where else str(key))
-        return out
-    return [] if saved == current else [f"{where}: checkpoint has {saved!r}, this run has {current!r}"]
-
-
 def _all_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -241,7 +233,7 @@ class _Run:
 
     def _restore(self, path: Path) -> tuple[int, dict[str, Any] | None]:
         saved = ckpt.read_config(path)
-        problems = _differences(saved.get("model"), self.model_config, "model")
+        problems = differences(saved.get("model"), self.model_config, "model", holder="checkpoint")
         if self.cache_fingerprint and saved.get("cache_fingerprint") and saved["cache_fingerprint"] != self.cache_fingerprint:
             problems.append(f"cache_fingerprint: checkpoint has {saved['cache_fingerprint']!r}, this run's cache has {self.cache_fingerprint!r}")
         if saved.get("effective_batch") != self.effective_batch:
