@@ -27,6 +27,7 @@ app.add_typer(bench_app, name="bench")
 
 ConfigOpt = typer.Option("tiny", "--config", "-c", help="Preset name in configs/ (tiny, paper) or a path to a .toml file.")
 SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set stage2.train.steps=100 (repeatable).")
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU) | cpu | cuda[:N].")
 RandomOpt = typer.Option(
     False,
     "--allow-random-weights",
@@ -82,7 +83,7 @@ def make_sample_data(
     height: int = typer.Option(128, help="Frame height in pixels."),
     width: int = typer.Option(256, help="Frame width in pixels."),
     seed: int = typer.Option(0, help="Random seed: the same seed writes the same bytes."),
-    workers: int = typer.Option(0, help="Rendering processes (0: one per CPU core); the bytes do not depend on it."),
+    render_workers: int = typer.Option(0, "--render-workers", help="Rendering processes (0: one per CPU core); the bytes do not depend on it."),
 ) -> None:
     """Render a procedural driving dataset (road, lanes, sidewalks, buildings, trees, sky, moving cars) with labels."""
     import os
@@ -90,7 +91,7 @@ def make_sample_data(
     from pipeline.console import summary
     from pipeline.synthetic import write_sample_dataset
 
-    n = workers or os.cpu_count() or 1
+    n = render_workers or os.cpu_count() or 1
     c = write_sample_dataset(out, train=train, val=val, height=height, width=width, seed=seed, workers=n)
     summary(
         f"make-sample-data: {c['train']} train + {c['val']} val snippets, {c['frames']} frames of {height}x{width} in "
@@ -156,7 +157,7 @@ CacheOpt = typer.Option(None, "--cache", help="Cache folder or URL (default: <pa
 ResumeOpt = typer.Option(None, "--resume", help="Resume: 'latest' (the newest checkpoint in --out) or a checkpoint folder.")
 StepsOpt = typer.Option(None, help="Total optimizer steps (overrides the config's train.steps).")
 BatchOpt = typer.Option(None, help="Batch size per process (overrides the config).")
-WorkersOpt = typer.Option(None, help="DataLoader workers per process (overrides the config).")
+LoaderWorkersOpt = typer.Option(None, "--loader-workers", help="DataLoader worker processes per training process (overrides the config).")
 PrecisionOpt = typer.Option(None, help="auto | no | bf16 | fp16 (overrides the config; auto = bf16 on GPU, fp32 on CPU).")
 
 
@@ -174,7 +175,7 @@ def train_stage1(
     resume: Optional[str] = ResumeOpt,
     steps: Optional[int] = StepsOpt,
     batch_size: Optional[int] = BatchOpt,
-    num_workers: Optional[int] = WorkersOpt,
+    num_workers: Optional[int] = LoaderWorkersOpt,
     mixed_precision: Optional[str] = PrecisionOpt,
     init: Optional[str] = typer.Option(None, help="Start from DINO-Foresight's dinof_lowres.ckpt / dinof_highres.ckpt or one of our checkpoints."),
     allow_pickle: bool = typer.Option(False, help="Allow a full unpickle of --init if the safe loader refuses it (runs code from the file)."),
@@ -199,7 +200,7 @@ def make_predicted_pool(
     set_: Optional[list[str]] = SetOpt,
     fraction: float = typer.Option(1.0, help="Fraction of the training windows to predict (chosen by a stable hash of the sample id)."),
     batch_size: int = typer.Option(8, help="Windows per rollout batch."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = DeviceOpt,
     overwrite: bool = typer.Option(False, help="Replace a pool written by another Stage 1 checkpoint."),
     folds: int = typer.Option(1, help="Cross-fit the pool: K Stage 1 models, each trained like --stage1 without one fold, predict that fold (costs K trainings; 1 = the given checkpoint predicts every window)."),
 ) -> None:
@@ -225,7 +226,7 @@ def train_stage2(
     resume: Optional[str] = ResumeOpt,
     steps: Optional[int] = StepsOpt,
     batch_size: Optional[int] = BatchOpt,
-    num_workers: Optional[int] = WorkersOpt,
+    num_workers: Optional[int] = LoaderWorkersOpt,
     mixed_precision: Optional[str] = PrecisionOpt,
 ) -> None:
     """Train the Stage 2 video DiT conditioned on the cached features (Re2Pix).
@@ -251,13 +252,13 @@ def predict(
     out: Path = typer.Option(Path("runs/predict"), "--out", help="Output folder for the videos, grid, tensors and predict.json."),
     samples: int = typer.Option(1, help="Independent samples to draw (seeded: sample i is the same whatever the count)."),
     cache: Optional[str] = typer.Option(None, help="The cache the checkpoints were trained on (default: the one they record); gives the PCA, VFM and codec settings."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    device: str = DeviceOpt,
     seed: int = typer.Option(0, help="Random seed of the sampler."),
     guidance_weight: Optional[float] = typer.Option(None, help="Representation guidance weight w (paper appendix 6.2); 0 = off."),
     guidance_components: Optional[int] = typer.Option(None, help="Feature channels c of the coarse guidance pass."),
     inference_components: Optional[int] = typer.Option(None, help="Use only the first c feature channels (paper Table 5)."),
     sampler: Optional[str] = typer.Option(None, help="multistep (Cosmos 2nd order) or euler."),
-    steps: Optional[int] = typer.Option(None, help="Sampling steps on the Karras schedule."),
+    sampling_steps: Optional[int] = typer.Option(None, help="Sampling steps on the Karras schedule (default: the checkpoint's config)."),
     vfm_weights: Optional[str] = typer.Option(None, help="VFM weights file, if it moved since the cache was built."),
     vae_weights: Optional[str] = typer.Option(
         None, "--codec-weights", "--vae-weights", help="Codec weights, if they moved since the cache was built."
@@ -272,7 +273,7 @@ def predict(
     from eval.predict import predict as run
 
     run(stage1, stage2, input, out, samples=samples, cache=cache, device=device, seed=seed, guidance_weight=guidance_weight,
-        guidance_components=guidance_components, inference_components=inference_components, sampler=sampler, steps=steps,
+        guidance_components=guidance_components, inference_components=inference_components, sampler=sampler, steps=sampling_steps,
         allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights)
 
 
@@ -289,7 +290,7 @@ def train_heads(
     resume: Optional[str] = ResumeOpt,
     steps: Optional[int] = StepsOpt,
     batch_size: Optional[int] = BatchOpt,
-    num_workers: Optional[int] = WorkersOpt,
+    num_workers: Optional[int] = LoaderWorkersOpt,
     mixed_precision: Optional[str] = PrecisionOpt,
     task: Optional[list[str]] = typer.Option(None, help="segmentation and/or depth (repeatable; default: both)."),
 ) -> None:
@@ -314,10 +315,10 @@ def evaluate(
     stage2: Optional[list[str]] = typer.Option(None, "--stage2", help="NAME=PATH of a Stage 2 run, repeatable, e.g. --stage2 Re2Pix=runs/tiny/stage2 --stage2 Baseline=runs/tiny/baseline."),
     out: Optional[str] = typer.Option(None, help="Output folder (default: <paths.root>/eval)."),
     samples: Optional[int] = typer.Option(None, help="Independent samples per generative row; > 1 reports mean ± std (appendix 6.1)."),
-    components: Optional[int] = typer.Option(None, help="Feature channels used at inference (paper Table 5)."),
+    inference_components: Optional[int] = typer.Option(None, help="Use only the first c feature channels at inference (paper Table 5)."),
     guidance_weight: Optional[float] = typer.Option(None, help="Representation guidance weight w (Tables 8-9)."),
     guidance_components: Optional[int] = typer.Option(None, help="Channels c of the coarse guidance pass (Tables 8-9)."),
-    sampling_steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the config's)."),
+    sampling_steps: Optional[int] = typer.Option(None, help="Sampling steps on the Karras schedule (default: the config's)."),
     baseline: Optional[str] = typer.Option(None, help="Row name the deltas are computed against (default: the run trained without features)."),
     all_checkpoints: bool = typer.Option(False, help="Evaluate every saved checkpoint of each run: metric-vs-step curves (Figure 3)."),
     limit: int = typer.Option(0, help="Evaluate at most this many validation windows (0: all)."),
@@ -327,7 +328,7 @@ def evaluate(
     fid_fvd: bool = typer.Option(True, "--fid-fvd/--no-fid-fvd", help="Compute FID and FVD (their networks need weight files); off: every other metric still runs."),
     allow_random_weights: bool = RandomOpt,
     truth: str = typer.Option("auto", help="Ground-truth frames: auto (decode the cached latents for the lossless pixel codec, else the source frames) | latents | frames."),
-    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)."),
+    device: str = DeviceOpt,
 ) -> None:
     """The paper's protocol on the cache's validation split: metrics.json, report.md, plots and qualitative grids."""
     from eval.evaluate import evaluate as run
@@ -339,7 +340,7 @@ def evaluate(
         name, _, path = item.rpartition("=")
         runs[name or "Re2Pix"] = path
     run(cfg, cache or default_cache(cfg), heads or str(root / "heads"), stage1 or str(root / "stage1"), runs, out or str(root / "eval"),
-        samples=samples, components=components, guidance_weight=guidance_weight, guidance_components=guidance_components,
+        samples=samples, components=inference_components, guidance_weight=guidance_weight, guidance_components=guidance_components,
         all_checkpoints=all_checkpoints, allow_random_metric_weights=allow_random_metric_weights, limit=limit, baseline=baseline,
         sampling_steps=sampling_steps, allow_random_weights=allow_random_weights, truth=truth, device=device, fid_fvd=fid_fvd)
 
@@ -408,9 +409,9 @@ def bench_dit(
     feature_channels: int = typer.Option(64, help="Semantic feature channels for early fusion (paper: 1152)."),
     latent_channels: int = typer.Option(16, help="Latent channels (WAN: 16)."),
     adaln_lora_dim: int = typer.Option(32, help="AdaLN-LoRA rank (paper: 256)."),
-    batch: int = typer.Option(1, help="Batch size."),
+    batch_size: int = typer.Option(1, help="Batch size."),
     steps: int = typer.Option(3, help="Timed forward+backward steps (after one warm-up)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = DeviceOpt,
     dtype: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16."),
     checkpointing: bool = typer.Option(False, help="Activation checkpointing per block."),
 ) -> None:
@@ -422,7 +423,7 @@ def bench_dit(
     from eval.bench.dit import run
 
     run(width=width, depth=depth, heads=heads, frames=frames, height=height, width_tokens=width_tokens, device=device, steps=steps,
-        batch=batch, latent_channels=latent_channels, feature_channels=feature_channels, adaln_lora_dim=adaln_lora_dim, dtype=dtype,
+        batch=batch_size, latent_channels=latent_channels, feature_channels=feature_channels, adaln_lora_dim=adaln_lora_dim, dtype=dtype,
         checkpointing=checkpointing)
 
 
@@ -431,14 +432,15 @@ def bench_dit(
 def bench_loader(
     cache: Optional[str] = CacheOpt,
     config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
     batch_size: int = typer.Option(8, help="Batch size."),
-    workers: int = typer.Option(2, help="DataLoader workers."),
+    num_workers: int = typer.Option(2, "--loader-workers", help="DataLoader worker processes."),
     batches: int = typer.Option(20, help="Batches to time."),
 ) -> None:
     """Samples/s and MB/s read from the cache, for Stage 1 sub-windows and Stage 2 windows."""
     from eval.bench.loader import run
 
-    run(cache or default_cache(_config(config, None)), batch_size=batch_size, workers=workers, batches=batches)
+    run(cache or default_cache(_config(config, set_)), batch_size=batch_size, workers=num_workers, batches=batches)
 
 
 @bench_app.command("stage1")
@@ -449,7 +451,7 @@ def bench_stage1(
     batch_size: int = typer.Option(2, help="Clips per step."),
     steps: int = typer.Option(5, help="Timed steps (after warm-up)."),
     warmup: int = typer.Option(2, help="Warm-up steps."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = DeviceOpt,
 ) -> None:
     """Stage 1 step time on cached features vs running the VFM + PCA inside the step; fused vs unfused attention."""
     from eval.bench.stage1 import run
@@ -466,7 +468,7 @@ def bench_codec(
     set_: Optional[list[str]] = SetOpt,
     limit: int = typer.Option(16, help="Windows per split: the linear codec is fitted on the train ones, all codecs scored on the val ones."),
     vae_weights: Optional[str] = typer.Option(None, "--codec-weights", "--vae-weights", help="WAN2.1 VAE weights: also measure the WAN codec."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = DeviceOpt,
 ) -> None:
     """Reconstruction PSNR / SSIM and encode / decode seconds per clip of every codec (pixel, linear; WAN with weights)."""
     from eval.bench.codec import run
@@ -482,17 +484,17 @@ def bench_sample(
     width: Optional[int] = typer.Option(None, help="DiT width (default: the config's)."),
     depth: Optional[int] = typer.Option(None, help="DiT blocks (default: the config's)."),
     heads: Optional[int] = typer.Option(None, help="DiT heads (default: the config's)."),
-    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the config's)."),
+    sampling_steps: Optional[int] = typer.Option(None, help="Sampling steps on the Karras schedule (default: the config's)."),
     guidance_weight: float = typer.Option(0.4, help="Guidance weight for the guided rows."),
     guidance_components: Optional[int] = typer.Option(None, help="Channels of the coarse guidance pass (default: the config's)."),
     repeats: int = typer.Option(2, help="Timed repetitions."),
     warmup: int = typer.Option(1, help="Warm-up repetitions."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = DeviceOpt,
 ) -> None:
     """Seconds per predicted clip: Euler vs multistep, with and without representation guidance (two passes as one batch)."""
     from eval.bench.sample import run
 
-    run(_config(config, set_), width=width, depth=depth, heads=heads, steps=steps, guidance_weight=guidance_weight,
+    run(_config(config, set_), width=width, depth=depth, heads=heads, steps=sampling_steps, guidance_weight=guidance_weight,
         guidance_components=guidance_components, repeats=repeats, warmup=warmup, device=device)
 
 

@@ -11,6 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from configs.schema import Config
 from pipeline.console import console
@@ -23,6 +24,7 @@ class DemoResult:
     steps: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     learning: str = ""
+    cache: Any = None  # the cache step's pipeline.dag.CacheSummary (shards written vs already done)
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {v:.0f}s" for k, v in self.steps.items())
@@ -64,6 +66,7 @@ def run_demo(
     t = step("2. cache (Ray DAG: decode -> VFM -> PCA -> codec -> Zarr)")
     summary = build_cache(cfg, "synthetic", data, cache, workers=workers, allow_random_weights=True)
     console.print(summary.line())
+    result.cache = summary
     result.steps["cache"] = time.perf_counter() - t
     result.outputs["cache"] = str(cache)
 

@@ -262,14 +262,14 @@ def predict(
     stage2, s2_loaded = ckpt.load_model_for_inference(s2_path, build_stage2_model, device=dev)
     full_config = s2_config["config"]
     train_cfg = config_from_dict(full_config)
-    dcfg = sampling_config(
+    sampling = sampling_config(
         train_cfg.stage2.diffusion, guidance_weight=guidance_weight, guidance_components=guidance_components,
         inference_components=inference_components, sampler=sampler, steps=steps,
     )
     uses_features = stage2.net.uses_features
-    if dcfg.guidance_weight > 0 and not uses_features:
+    if sampling.guidance_weight > 0 and not uses_features:
         raise ValueError(
-            f"guidance_weight={dcfg.guidance_weight}: representation guidance needs a feature-conditioned Stage 2 model, "
+            f"guidance_weight={sampling.guidance_weight}: representation guidance needs a feature-conditioned Stage 2 model, "
             f"but {s2_path} is the '{stage2.spec.dit.conditioning}' baseline; use guidance_weight=0"
         )
 
@@ -277,7 +277,7 @@ def predict(
     window = meta["window"]
     k_frames, m_frames, height, width = (int(window[key]) for key in ("frames", "context_frames", "height", "width"))
     feature_indices = [int(i) for i in meta["feature_frame_indices"]]
-    ctx, tf = int(meta["context_latent_frames"]), int(meta["latent_frames"])
+    ctx, latent_frames = int(meta["context_latent_frames"]), int(meta["latent_frames"])
     frames, fps = read_input_frames(input, k_frames, m_frames, height, width)
     n_input = frames.shape[0]
     has_truth = n_input >= k_frames
@@ -302,24 +302,24 @@ def predict(
 
         tic = time.perf_counter()
         with autocast:
-            predicted = rollout_from_history(stage1, context_features[None], tf - ctx).float()  # [1, Tf - ctx, C, h, w]
+            predicted = rollout_from_history(stage1, context_features[None], latent_frames - ctx).float()  # [1, Tf - ctx, C, h, w]
         features = torch.cat([context_features[None], predicted], dim=1)  # [1, Tf, C, h, w]
         seconds["stage1"] = time.perf_counter() - tic
 
         video = torch.from_numpy(frames[:m_frames]).to(dev).permute(3, 0, 1, 2)[None].float().div(127.5).sub(1.0)
         context_latents = codec.encode(video)  # [1, Cz, ctx, H', W']
-        context, cond_mask = context_inputs(context_latents, tf)
+        context, cond_mask = context_inputs(context_latents, latent_frames)
         shape = tuple(context.shape)
         dit_features = features.permute(0, 2, 1, 3, 4) if uses_features else None
 
         tic = time.perf_counter()
         latents, decoded = [], []
         with progress() as bar:
-            job = bar.add_task("sampling", total=samples, status=f"{dcfg.sampler}, {dcfg.steps} steps")
+            job = bar.add_task("sampling", total=samples, status=f"{sampling.sampler}, {sampling.steps} steps")
             for i in range(samples):
                 generator = torch.Generator().manual_seed(noise_seed(seed, i))
                 with autocast:
-                    z = sample(stage2.denoiser, shape, context, cond_mask, dit_features, dcfg, generator=generator)
+                    z = sample(stage2.denoiser, shape, context, cond_mask, dit_features, sampling, generator=generator)
                 latents.append(z.float())
                 clip = to_uint8_frames(codec.decode(z.float())[0])  # [K, H, W, 3]
                 clip[:m_frames] = frames[:m_frames]  # observed frames as given (a lossy codec would alter them)
@@ -340,11 +340,11 @@ def predict(
         outputs["side_by_side"] = str(out / "side_by_side.mp4")
 
     feature_images = pca_rgb(features[0], size=(height, width))
-    future = range(ctx, tf)
+    future = range(ctx, latent_frames)
     rows = [
-        [frames[feature_indices[j]] if j < ctx else None for j in range(tf)],
-        [frames[feature_indices[j]] if j in future and feature_indices[j] < n_input else None for j in range(tf)],
-        *[[d[feature_indices[j]] if j in future else None for j in range(tf)] for d in decoded],
+        [frames[feature_indices[j]] if j < ctx else None for j in range(latent_frames)],
+        [frames[feature_indices[j]] if j in future and feature_indices[j] < n_input else None for j in range(latent_frames)],
+        *[[d[feature_indices[j]] if j in future else None for j in range(latent_frames)] for d in decoded],
         list(feature_images),
     ]
     labels = ["context", "truth", *(["prediction"] if samples == 1 else [f"sample {i}" for i in range(samples)]), "features"]
@@ -372,7 +372,7 @@ def predict(
         "seed": seed,
         "sample_seeds": [noise_seed(seed, i) for i in range(samples)],
         "device": str(dev),
-        "sampling": {k: getattr(dcfg, k) for k in ("sampler", "steps", "sigma_max", "sigma_min", "rho", "guidance_weight", "guidance_components", "inference_components")},
+        "sampling": {k: getattr(sampling, k) for k in ("sampler", "steps", "sigma_max", "sigma_min", "rho", "guidance_weight", "guidance_components", "inference_components")},
         "stage1": {"checkpoint": str(s1_path), "selected": s1_config["selected"], "weights": s1_loaded["loaded_weights"], "step": s1_config.get("step"),
                    "random_weights": bool(s1_config.get("random_weights"))},
         "stage2": {"checkpoint": str(s2_path), "selected": s2_config["selected"], "weights": s2_loaded["loaded_weights"], "step": s2_config.get("step"),
@@ -390,7 +390,7 @@ def predict(
     atomic.write_json(out / "predict.json", record)
     summary(
         f"predict: {samples} sample(s) of {k_frames - m_frames} future frames from {n_input} input frames in "
-        f"{seconds['total']:.1f} s ({dcfg.sampler}, {dcfg.steps} steps, guidance {dcfg.guidance_weight:g})"
+        f"{seconds['total']:.1f} s ({sampling.sampler}, {sampling.steps} steps, guidance {sampling.guidance_weight:g})"
         + (", RANDOM weights" if random_parts else "") + f" -> {out}"
     )
     return record

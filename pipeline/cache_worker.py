@@ -166,7 +166,7 @@ class CacheWorker:
         from pipeline.codec_pixel import PixelCodec
 
         c = self.cfg.codec
-        acc = PCAAccumulator(self.vfm.out_channels) if pca else None
+        accumulator = PCAAccumulator(self.vfm.out_channels) if pca else None
         blocks = block_accumulator(c.temporal_factor, c.spatial_factor) if codec else None
         unshuffle = PixelCodec(c.temporal_factor, c.spatial_factor)
         times = StageTimes()
@@ -175,7 +175,7 @@ class CacheWorker:
         def flush() -> None:
             t0 = time.perf_counter()
             for _, feats in self._vfm_batches(pending):
-                acc.add(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
+                accumulator.add(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
             times.vfm += time.perf_counter() - t0
             pending.clear()
 
@@ -191,13 +191,13 @@ class CacheWorker:
                 t0 = time.perf_counter()
                 add_video(blocks, unshuffle, _video(dec.frames, "cpu"))
                 times.codec += time.perf_counter() - t0
-            if acc is not None:
+            if accumulator is not None:
                 pending.append((j, frames))
                 if sum(len(f) for _, f in pending) >= self.cfg.vfm.batch_size:
                     flush()
         if pending:
             flush()
-        states = {"pca": None if acc is None else acc.state_dict(), "codec": None if blocks is None else blocks.state_dict()}
+        states = {"pca": None if accumulator is None else accumulator.state_dict(), "codec": None if blocks is None else blocks.state_dict()}
         return states, times
 
     # ------------------------------------------------------------------------------------ pass 2

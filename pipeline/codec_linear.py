@@ -158,24 +158,24 @@ def block_accumulator(temporal_factor: int, spatial_factor: int) -> PCAAccumulat
     return PCAAccumulator(block_dim(temporal_factor, spatial_factor))
 
 
-def add_video(acc: PCAAccumulator, blocks: PixelCodec, video: torch.Tensor) -> None:
+def add_video(accumulator: PCAAccumulator, blocks: PixelCodec, video: torch.Tensor) -> None:
     """Accumulate every space-time block of video [B, 3, 1 + r·k, H, W] in [-1, 1]."""
     b = blocks.encode(video)  # [B, D, T, h, w]
-    acc.add(b.permute(0, 2, 3, 4, 1).reshape(-1, b.shape[1]))
+    accumulator.add(b.permute(0, 2, 3, 4, 1).reshape(-1, b.shape[1]))
 
 
-def fit_linear_codec(acc: PCAAccumulator, channels: int, temporal_factor: int, spatial_factor: int) -> LinearCodec:
+def fit_linear_codec(accumulator: PCAAccumulator, channels: int, temporal_factor: int, spatial_factor: int) -> LinearCodec:
     """The codec from merged block sums: raw-covariance PCA (no z-score), top `channels`, unit-variance latents."""
     d = block_dim(temporal_factor, spatial_factor)
-    if acc.dim != d:
-        raise LinearCodecError(f"block sums have {acc.dim} dims, the codec's blocks {d}")
+    if accumulator.dim != d:
+        raise LinearCodecError(f"block sums have {accumulator.dim} dims, the codec's blocks {d}")
     if not 1 <= channels <= d:
         raise LinearCodecError(f"codec.latent_channels={channels} must be in 1..{d} (3·r·s² for r={temporal_factor}, s={spatial_factor})")
-    pca = fit_pca(acc, channels, standardize=False)
-    n = acc.count
+    pca = fit_pca(accumulator, channels, standardize=False)
+    n = accumulator.count
     # Population eigenvalues of every direction (for the discarded variance), from the same sums.
-    mean = acc.sum / n
-    cov = acc.sum_outer / n - np.outer(mean, mean)
+    mean = accumulator.sum / n
+    cov = accumulator.sum_outer / n - np.outer(mean, mean)
     eigenvalues = np.clip(np.linalg.eigvalsh(0.5 * (cov + cov.T))[::-1], 0.0, None).copy()
     kept = pca.explained_variance.numpy() * (n - 1) / n  # population variance of each kept coefficient
     return LinearCodec(

@@ -284,11 +284,11 @@ def build_cache(
             pca.save(pca_path)
             pca_info = {"source": cfg.pca.checkpoint}
         else:
-            acc = sums["pca"]
-            if acc.count < cfg.pca.components:
-                raise CacheError(f"only {acc.count} tokens to fit a {cfg.pca.components}-component PCA; add training windows")
-            pca = fit_pca(acc, cfg.pca.components)
-            pca_info = {"source": "fit", "fit_windows": fit_windows, "fit_tokens": int(acc.count),
+            accumulator = sums["pca"]
+            if accumulator.count < cfg.pca.components:
+                raise CacheError(f"only {accumulator.count} tokens to fit a {cfg.pca.components}-component PCA; add training windows")
+            pca = fit_pca(accumulator, cfg.pca.components)
+            pca_info = {"source": "fit", "fit_windows": fit_windows, "fit_tokens": int(accumulator.count),
                         "explained_variance_ratio_sum": float(pca.explained_variance_ratio.sum())}
             pca.save(pca_path)
         if pca.dim != info["vfm_channels"] or pca.n_components != cfg.pca.components:

@@ -129,30 +129,30 @@ class PCAAccumulator:
             raise ValueError(
                 f"PCA accumulator state has inconsistent shapes: sum {total.shape}, sum_outer {outer.shape}"
             )
-        acc = cls(total.shape[0])
-        acc.count = int(d["count"])
-        acc.sum[:] = total
-        acc.sum_outer[:] = outer
-        return acc
+        accumulator = cls(total.shape[0])
+        accumulator.count = int(d["count"])
+        accumulator.sum[:] = total
+        accumulator.sum_outer[:] = outer
+        return accumulator
 
 
-def fit_pca(acc: PCAAccumulator, components: int, standardize: bool = True) -> PCA:
+def fit_pca(accumulator: PCAAccumulator, components: int, standardize: bool = True) -> PCA:
     """Exact PCA (z-score, covariance, one eigendecomposition) of everything the accumulator has seen.
 
     `standardize=False` skips the z-score (std = 1 everywhere): the PCA of the raw covariance, which minimises the
     reconstruction error in the input's own units (what a pixel codec wants; see pipeline/codec_linear.py)."""
-    n, dim = acc.count, acc.dim
+    n, dim = accumulator.count, accumulator.dim
     if n < 2:
         raise ValueError(f"fitting a PCA needs at least 2 tokens, the accumulator has {n}")
     if not 1 <= components <= min(n, dim):
         raise ValueError(f"PCA components must be in [1, min(tokens={n}, dim={dim})], got {components}")
 
     # In-place steps: a few D x D float64 buffers at a time, whatever the token count.
-    mean = acc.sum / n
-    cov_z = acc.sum_outer / n
+    mean = accumulator.sum / n
+    cov_z = accumulator.sum_outer / n
     cov_z -= np.outer(mean, mean)  # Cx
     variance = np.diag(cov_z).copy()
-    mean_square = np.diag(acc.sum_outer) / n
+    mean_square = np.diag(accumulator.sum_outer) / n
     constant = variance <= CONSTANT_DIM_RELATIVE_VARIANCE * mean_square
     std = np.where(constant, 1.0, np.sqrt(np.maximum(variance, 0.0)))
     if not standardize:

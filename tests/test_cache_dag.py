@@ -39,6 +39,7 @@ def _arrays(path):
     return {k: g[k][:] for k in (layout.FEATURES, layout.LATENTS, layout.SEGMENTATION, layout.DEPTH)}
 
 
+@pytest.mark.slow
 def test_end_to_end_synthetic(tiny, full_cache, sample_data):
     out, summary = full_cache
     assert summary.ok == 6 and summary.failed == 0
@@ -130,6 +131,7 @@ def test_labels_cached(full_cache):
     assert (seg != 255).mean() > 0.5 and (depth > 0).mean() > 0.3
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tiny, sample_data, full_cache, tmp_path):
     out = tmp_path / "resumed"
     first = build_cache(tiny, "synthetic", sample_data, out, workers=2, allow_random_weights=True, max_shards=1)
@@ -143,6 +145,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny, sample_data, full_c
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_complete_partial_sample_and_resumes(tiny, sample_data, full_cache, tmp_path):
     """SIGKILL the real command once the first shard is done; the rest reads as pending; a re-run completes it."""
     out = tmp_path / "killed"
@@ -224,6 +227,7 @@ def test_strict_fails_fast_naming_the_file(tiny, sample_data, tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED / "driving_clips").exists(), reason="../shared/data/driving_clips not present")
+@pytest.mark.slow
 def test_real_clips_on_ray(tmp_path):
     cfg = load_config("tiny", ["cache.shard_size=2", "sources.videos.stride=30"])
     out = tmp_path / "clips"

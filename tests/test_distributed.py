@@ -36,6 +36,7 @@ def _run(args: list[str], timeout: float) -> None:
         pytest.fail(f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with the gloo backend is not available in this build")

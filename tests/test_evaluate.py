@@ -38,7 +38,8 @@ from train.stage1 import train_stage1
 from train.stage2 import train_stage2
 
 # Copy-last frames repeat one frame per window, so their FID covariance is singular: scipy says so, as it should.
-pytestmark = pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning"),
+              pytest.mark.slow]  # end to end: trains every stage on a tiny cache
 
 TRAIN = {
     "heads.train.batch_size": 3, "heads.train.val_every": 0, "heads.train.ckpt_every": 0,

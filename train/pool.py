@@ -110,8 +110,8 @@ def make_predicted_pool(
     if config.get("random_weights"):
         warn_loud(f"Stage 1 checkpoint {path} was trained on features from RANDOM weights; the pool inherits that")
     meta = reader.meta
-    ctx, tf = int(meta["context_latent_frames"]), int(meta["latent_frames"])
-    future = tf - ctx
+    ctx, latent_frames = int(meta["context_latent_frames"]), int(meta["latent_frames"])
+    future = latent_frames - ctx
     m = int(config["model"]["context_frames"])
     c, (h, w) = int(meta["pca"]["components"]), meta["vfm"]["grid"]
     n, shard_size = len(reader.manifest), reader.shard_size

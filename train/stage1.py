@@ -125,13 +125,13 @@ class Stage1Task:
         copy_sum: torch.Tensor | None = None
         for batch in loader:
             feats = batch["features"].float()  # [B, Tf, C, h, w]
-            b, tf = feats.shape[:2]
-            for start in range(tf - m):
+            b, latent_frames = feats.shape[:2]
+            for start in range(latent_frames - m):
                 prediction = model(feats[:, start : start + m + 1])
                 loss_sum += F.smooth_l1_loss(prediction.float(), feats[:, start + m], beta=self.beta).item() * b
                 loss_count += b
             truth = feats[:, ctx:]  # [B, steps, C, h, w]
-            predicted = rollout(model, feats[:, ctx - m : ctx], tf - ctx).float()
+            predicted = rollout(model, feats[:, ctx - m : ctx], latent_frames - ctx).float()
             copy = feats[:, ctx - 1 : ctx].expand_as(truth)
             cos = F.cosine_similarity(predicted, truth, dim=2).mean(dim=(2, 3)).sum(0)  # [steps], summed over windows
             cos_copy = F.cosine_similarity(copy, truth, dim=2).mean(dim=(2, 3)).sum(0)
@@ -170,9 +170,9 @@ def train_stage1(
     reader = open_stage1_cache(cfg, cache)
     meta = reader.meta
     model_cfg = stage1_model_config(cfg, meta)
-    tf = int(meta["latent_frames"])
+    latent_frames = int(meta["latent_frames"])
     features = reader.array("features")
-    expected = (tf, model_cfg.in_channels, model_cfg.grid_h, model_cfg.grid_w)
+    expected = (latent_frames, model_cfg.in_channels, model_cfg.grid_h, model_cfg.grid_w)
     if tuple(features.shape[1:]) != expected:
         raise CacheError(f"{cache}/features has per-sample shape {tuple(features.shape[1:])}, meta.json says {expected}; the cache is inconsistent, rebuild it")
     all_train = reader.samples("train")
@@ -193,7 +193,7 @@ def train_stage1(
             f"stage1.hflip needs the features of flipped frames, which {cache} does not hold: rebuild the cache with "
             "--set cache.flipped_features=true, or set stage1.hflip=false"
         )
-    train_set = Stage1SubWindows(cache, train_samples, model_cfg.context_frames, tf, reader.shard_size, flipped=hflip)
+    train_set = Stage1SubWindows(cache, train_samples, model_cfg.context_frames, latent_frames, reader.shard_size, flipped=hflip)
     workers = cfg_train.num_workers
 
     def train_loader(request: LoaderRequest) -> Any:

@@ -75,11 +75,11 @@ def open_stage2_cache(cfg: Config, cache: str) -> CacheReader:
 
 def _check_arrays(reader: CacheReader, spec: Stage2ModelSpec) -> None:
     meta, cache = reader.meta, reader.root
-    tf, patch = int(meta["latent_frames"]), spec.dit.patch_size
+    latent_frames, patch = int(meta["latent_frames"]), spec.dit.patch_size
     latents = tuple(reader.array(layout.LATENTS).shape[1:])
-    if len(latents) != 4 or latents[0] != tf or latents[1] != spec.dit.latent_channels:
+    if len(latents) != 4 or latents[0] != latent_frames or latents[1] != spec.dit.latent_channels:
         raise CacheError(
-            f"{cache}/{layout.LATENTS} has per-sample shape {latents}; meta.json says {tf} latent frames of "
+            f"{cache}/{layout.LATENTS} has per-sample shape {latents}; meta.json says {latent_frames} latent frames of "
             f"{spec.dit.latent_channels} channels. The cache is inconsistent: rebuild it"
         )
     if latents[2] % patch or latents[3] % patch:
@@ -89,10 +89,10 @@ def _check_arrays(reader: CacheReader, spec: Stage2ModelSpec) -> None:
         )
     grid = meta["vfm"]["grid"]
     features = tuple(reader.array(layout.FEATURES).shape[1:])
-    if features != (tf, spec.align_target_dim, int(grid[0]), int(grid[1])):
+    if features != (latent_frames, spec.align_target_dim, int(grid[0]), int(grid[1])):
         raise CacheError(
             f"{cache}/{layout.FEATURES} has per-sample shape {features}, meta.json says "
-            f"{(tf, spec.align_target_dim, *grid)}; the cache is inconsistent, rebuild it"
+            f"{(latent_frames, spec.align_target_dim, *grid)}; the cache is inconsistent, rebuild it"
         )
 
 
@@ -108,11 +108,11 @@ def require_pool(reader: CacheReader, train_samples: Any, prob: float) -> tuple[
     if not reader.has(layout.POOL_FEATURES) or "pool" not in meta:
         raise CacheError(f"{cache} has no {layout.POOL_FEATURES}, which mixed supervision reads: {fix}")
     pool_meta = meta["pool"]
-    ctx, tf = int(meta["context_latent_frames"]), int(meta["latent_frames"])
-    if pool_meta.get("context_frames") != ctx or pool_meta.get("future_frames") != tf - ctx:
+    ctx, latent_frames = int(meta["context_latent_frames"]), int(meta["latent_frames"])
+    if pool_meta.get("context_frames") != ctx or pool_meta.get("future_frames") != latent_frames - ctx:
         raise CacheError(
             f"{cache}: the pool predicts {pool_meta.get('future_frames')} frames after {pool_meta.get('context_frames')} "
-            f"context frames, this cache's windows have {tf - ctx} after {ctx}; remake it (--overwrite)"
+            f"context frames, this cache's windows have {latent_frames - ctx} after {ctx}; remake it (--overwrite)"
         )
     in_pool = sorted(set(int(s) for s in reader.pool_samples()) & set(int(s) for s in train_samples))
     if not in_pool:

@@ -90,11 +90,11 @@ def run(cfg: Config, dataset: str = "synthetic", root: Path | None = None, limit
         train, val = _windows(cfg, dataset, Path(root), limit)
 
     t0 = time.perf_counter()
-    acc = block_accumulator(r, s)
+    accumulator = block_accumulator(r, s)
     unshuffle = PixelCodec(r, s)
     for frames in train:
-        add_video(acc, unshuffle, _video(frames, torch.device("cpu")))
-    linear = fit_linear_codec(acc, cfg.codec.latent_channels, r, s)
+        add_video(accumulator, unshuffle, _video(frames, torch.device("cpu")))
+    linear = fit_linear_codec(accumulator, cfg.codec.latent_channels, r, s)
     fit_seconds = time.perf_counter() - t0
 
     codecs: dict[str, Codec] = {"pixel (lossless)": PixelCodec(r, s), f"linear ({cfg.codec.latent_channels} ch)": linear}

@@ -64,13 +64,13 @@ def run(cache: str, batch_size: int = 8, workers: int = 2, batches: int = 20, co
         console.print(f"only {len(samples)} {split or 'cached'} windows: batch size lowered from {batch_size} to {len(samples)}")
         batch_size = len(samples)
     meta = reader.meta
-    tf = int(meta["latent_frames"])
+    latent_frames = int(meta["latent_frames"])
     m = int(context_frames or meta["context_latent_frames"])
     features = reader.array(layout.FEATURES)
     per_frame = int(np.prod(features.shape[2:])) * features.dtype.itemsize
     results: dict[str, Any] = {"cache": cache, "batch_size": batch_size, "workers": workers, "batches": batches}
 
-    stage1 = Stage1SubWindows(cache, samples, m, tf, reader.shard_size)
+    stage1 = Stage1SubWindows(cache, samples, m, latent_frames, reader.shard_size)
     results["stage1"] = _measure(stage1, (m + 1) * per_frame, batch_size, workers, batches)
     results["stage1"]["disk_ratio"] = _disk_ratio(cache, [layout.FEATURES], reader)
 

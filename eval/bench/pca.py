@@ -101,10 +101,10 @@ def run_method(method: str, matrix: str, out_dir: str, components: int, chunk: i
     tracemalloc.start()
     start = time.perf_counter()
     if method == "ours":
-        acc = PCAAccumulator(x.shape[1])
+        accumulator = PCAAccumulator(x.shape[1])
         for i in range(0, len(x), chunk):
-            acc.add(x[i : i + chunk])
-        pca = fit_pca(acc, components)
+            accumulator.add(x[i : i + chunk])
+        pca = fit_pca(accumulator, components)
         result_components, ratio = pca.components.numpy(), pca.explained_variance_ratio.numpy()
     else:
         solver = method.split("/", 1)[1]

@@ -68,19 +68,19 @@ def run(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Stage2Model(spec).to(dev).eval()
-    tf, ctx = cfg.latent_frames, cfg.context_latent_frames
+    latent_frames, ctx = cfg.latent_frames, cfg.context_latent_frames
     (lh, lw), (gh, gw) = cfg.latent_hw, cfg.token_grid
-    shape = (1, cfg.codec.channels, tf, lh, lw)
+    shape = (1, cfg.codec.channels, latent_frames, lh, lw)
     gen = torch.Generator().manual_seed(seed)
-    context, cond_mask = context_inputs(torch.randn(shape, generator=gen)[:, :, :ctx].to(dev), tf)
-    features = torch.randn(1, channels, tf, gh, gw, generator=gen).to(dev)
+    context, cond_mask = context_inputs(torch.randn(shape, generator=gen)[:, :, :ctx].to(dev), latent_frames)
+    features = torch.randn(1, channels, latent_frames, gh, gw, generator=gen).to(dev)
     autocast = inference_autocast(dev)
     n_steps = steps or cfg.stage2.diffusion.steps
 
     rows: list[dict[str, Any]] = []
     for method in samplers:
         for weight in (0.0, guidance_weight):
-            dcfg = dataclasses.replace(
+            sampling = dataclasses.replace(
                 cfg.stage2.diffusion, sampler=method, steps=n_steps, guidance_weight=weight, guidance_components=coarse,
                 inference_components=0,
             )
@@ -89,7 +89,7 @@ def run(
                 synchronize(dev)
                 tic = time.perf_counter()
                 with torch.no_grad(), autocast:
-                    sample(model.denoiser, shape, context, cond_mask, features, dcfg, generator=torch.Generator().manual_seed(noise_seed(seed, i)))
+                    sample(model.denoiser, shape, context, cond_mask, features, sampling, generator=torch.Generator().manual_seed(noise_seed(seed, i)))
                 synchronize(dev)
                 if i >= warmup:
                     times.append(time.perf_counter() - tic)
@@ -102,7 +102,7 @@ def run(
     for row in rows:
         row["relative"] = row["seconds_per_clip"] / base
 
-    table = Table(title=f"Stage 2 sampling, one clip: {tf} latent frames of {cfg.codec.channels}x{lh}x{lw}, "
+    table = Table(title=f"Stage 2 sampling, one clip: {latent_frames} latent frames of {cfg.codec.channels}x{lh}x{lw}, "
                         f"DiT width {model_cfg.width} depth {model_cfg.depth}, {n_steps} steps, {dev.type}")
     for name in ("sampler", "guidance", "evaluations", "batch / eval", "s / clip", "relative"):
         table.add_column(name, justify="right")
@@ -114,7 +114,7 @@ def run(
     console.print("Random weights: only the time is meaningful. Guidance batches its two passes (appendix 6.2).")
     result = {
         "device": str(dev), "steps": n_steps, "width": model_cfg.width, "depth": model_cfg.depth, "heads": model_cfg.heads,
-        "latent_shape": list(shape), "feature_shape": [1, channels, tf, gh, gw], "rows": rows,
+        "latent_shape": list(shape), "feature_shape": [1, channels, latent_frames, gh, gw], "rows": rows,
     }
     for row in rows:  # guided vs unguided with the same sampler
         plain = next(r for r in rows if r["sampler"] == row["sampler"] and r["guidance_weight"] == 0)
