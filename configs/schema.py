@@ -176,6 +176,10 @@ class TrainConfig:
     seed: int = 0
     activation_checkpointing: bool = False
 
+    def overridden(self, **values: Any) -> "TrainConfig":
+        """A copy with the command line's options applied (None = keep the config's value)."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
 
 @dataclass
 class Stage1ModelConfig:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -247,3 +247,18 @@ def validation_loader(dataset: Any, request: LoaderRequest, num_workers: int) ->
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(request.seed),
     )
+
+
+def loader_factories(train_set: Dataset, val_set: Dataset | None, workers: int) -> tuple[Callable[[LoaderRequest], Any], Callable[[LoaderRequest], Any] | None]:
+    """The two loader factories a trainer hands to `run_training` (no validation loader without a val set)."""
+
+    def train_loader(request: LoaderRequest) -> Any:
+        return training_loader(train_set, request, workers)
+
+    if val_set is None:
+        return train_loader, None
+
+    def val_loader(request: LoaderRequest) -> Any:
+        return validation_loader(val_set, request, workers)
+
+    return train_loader, val_loader

@@ -56,7 +56,7 @@ from pipeline.store import (
     cache_expectations,
     open_complete_cache,
 )
-from train.data import LazyCacheGroup, LoaderRequest, training_loader, validation_loader
+from train.data import LazyCacheGroup, loader_factories
 from train.loop import TrainResult, is_main_process, run_training
 
 LABEL_ARRAYS = {"segmentation": layout.SEGMENTATION, "depth": layout.DEPTH}
@@ -242,10 +242,8 @@ def train_heads(
     unknown = [t for t in tasks if t not in HEAD_TASKS]
     if unknown or not tasks:
         raise ConfigError(f"tasks={list(tasks)}: choose from {HEAD_TASKS}")
-    cfg_train = dataclasses.replace(
-        cfg.heads.train,
-        **{k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("num_workers", num_workers), ("mixed_precision", mixed_precision)) if v is not None},
-    )
+    cfg_train = cfg.heads.train.overridden(steps=steps, batch_size=batch_size, num_workers=num_workers,
+                                          mixed_precision=mixed_precision)
     reader = open_heads_cache(cfg, cache)
     meta = reader.meta
     splits = {task: (labelled_samples(reader, "train", task), labelled_samples(reader, "val", task)) for task in tasks}
@@ -264,17 +262,10 @@ def train_heads(
             console.print(f"{task} head: {len(train_rows)} labelled training windows, {len(val_rows)} validation windows")
         train_set = LabelledFrames(cache, train_rows, train_frames, LABEL_ARRAYS[task], reader.shard_size)
 
-        def train_loader(request: LoaderRequest, dataset: LabelledFrames = train_set) -> Any:
-            return training_loader(dataset, request, workers)
-
-        val_loader = None
-        if len(val_rows):
-            val_set = LabelledFrames(cache, val_rows, val_frames, LABEL_ARRAYS[task], reader.shard_size)
-
-            def val_loader(request: LoaderRequest, dataset: LabelledFrames = val_set) -> Any:
-                return validation_loader(dataset, request, workers)
-        elif is_main_process():
+        val_set = LabelledFrames(cache, val_rows, val_frames, LABEL_ARRAYS[task], reader.shard_size) if len(val_rows) else None
+        if val_set is None and is_main_process():
             console.print(f"{cache} has no labelled 'val' windows: {task} validation is skipped")
+        train_loader, val_loader = loader_factories(train_set, val_set, workers)
 
         model_cfg = head_model_config(cfg, meta, task)
         extra = {

@@ -32,13 +32,7 @@ from pipeline.store import (
     cache_expectations,
     open_complete_cache,
 )
-from train.data import (
-    LoaderRequest,
-    Stage1SubWindows,
-    WindowSamples,
-    training_loader,
-    validation_loader,
-)
+from train.data import Stage1SubWindows, WindowSamples, loader_factories
 from train.loop import TrainResult, is_main_process, run_training
 
 
@@ -163,10 +157,8 @@ def train_stage1(
     """Train Stage 1 on `cache`, writing checkpoints/TensorBoard under `out`. Options override `cfg.stage1.train`.
     `init`: start from a DINO-Foresight .ckpt or one of our checkpoints (train/stage1_init.py). `train_samples`: train
     on these cache rows only (default: every complete training window)."""
-    cfg_train = dataclasses.replace(
-        cfg.stage1.train,
-        **{k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("num_workers", num_workers), ("mixed_precision", mixed_precision)) if v is not None},
-    )
+    cfg_train = cfg.stage1.train.overridden(steps=steps, batch_size=batch_size, num_workers=num_workers,
+                                          mixed_precision=mixed_precision)
     reader = open_stage1_cache(cfg, cache)
     meta = reader.meta
     model_cfg = stage1_model_config(cfg, meta)
@@ -194,19 +186,10 @@ def train_stage1(
             "--set cache.flipped_features=true, or set stage1.hflip=false"
         )
     train_set = Stage1SubWindows(cache, train_samples, model_cfg.context_frames, latent_frames, reader.shard_size, flipped=hflip)
-    workers = cfg_train.num_workers
-
-    def train_loader(request: LoaderRequest) -> Any:
-        return training_loader(train_set, request, workers)
-
-    val_loader = None
-    if len(val_samples):
-        val_set = WindowSamples(cache, val_samples, reader.shard_size, features=True, latents=False)
-
-        def val_loader(request: LoaderRequest) -> Any:
-            return validation_loader(val_set, request, workers)
-    elif is_main_process():
+    val_set = WindowSamples(cache, val_samples, reader.shard_size, features=True, latents=False) if len(val_samples) else None
+    if val_set is None and is_main_process():
         console.print(f"{cache} has no 'val' samples: Stage 1 validation is skipped")
+    train_loader, val_loader = loader_factories(train_set, val_set, cfg_train.num_workers)
 
     init_state = None
     if init:

@@ -29,7 +29,6 @@ window, on the ground-truth features (no dropout, no mixing), so curves are comp
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Iterable
 
 import torch
@@ -53,7 +52,7 @@ from pipeline.store import (
     cache_expectations,
     open_complete_cache,
 )
-from train.data import LoaderRequest, WindowSamples, training_loader, validation_loader
+from train.data import WindowSamples, loader_factories
 from train.loop import TrainResult, is_main_process, run_training
 
 # Upper edges of the σ ranges the training loss is logged by (the last range is open).
@@ -235,10 +234,8 @@ def train_stage2(
 ) -> TrainResult:
     """Train Stage 2 on `cache`, writing checkpoints/TensorBoard under `out`. Options override `cfg.stage2.train`."""
     s2 = cfg.stage2
-    cfg_train = dataclasses.replace(
-        s2.train,
-        **{k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("num_workers", num_workers), ("mixed_precision", mixed_precision)) if v is not None},
-    )
+    cfg_train = s2.train.overridden(steps=steps, batch_size=batch_size, num_workers=num_workers,
+                                          mixed_precision=mixed_precision)
     reader = open_stage2_cache(cfg, cache)
     meta = reader.meta
     spec = stage2_model_spec(cfg, meta)
@@ -253,19 +250,10 @@ def train_stage2(
     mixing = conditioned and s2.mixed_supervision_prob > 0
     pool_samples, pool_fraction = (require_pool(reader, train_samples, s2.mixed_supervision_prob) if mixing else (None, 1.0))
     train_set = WindowSamples(cache, train_samples, reader.shard_size, features=needs_features, latents=True, pool_samples=pool_samples)
-    workers = cfg_train.num_workers
-
-    def train_loader(request: LoaderRequest) -> Any:
-        return training_loader(train_set, request, workers)
-
-    val_loader = None
-    if len(val_samples):
-        val_set = WindowSamples(cache, val_samples, reader.shard_size, features=needs_features, latents=True)
-
-        def val_loader(request: LoaderRequest) -> Any:
-            return validation_loader(val_set, request, workers)
-    elif is_main_process():
+    val_set = WindowSamples(cache, val_samples, reader.shard_size, features=needs_features, latents=True) if len(val_samples) else None
+    if val_set is None and is_main_process():
         console.print(f"{cache} has no 'val' samples: Stage 2 validation is skipped")
+    train_loader, val_loader = loader_factories(train_set, val_set, cfg_train.num_workers)
 
     task = Stage2Task(
         spec, int(meta["context_latent_frames"]), nested=s2.nested_dropout, levels=s2.nested_dropout_levels,
