@@ -41,15 +41,18 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from configs.schema import ConfigError
         from pipeline.errors import DatasetLayoutError, InputError
+        from pipeline.lock import LockError
         from pipeline.store import CacheError
         from pipeline.weights import MissingWeightsError, WeightsFormatError
         from train.checkpoint import CheckpointError
-        from train.loop import NonFiniteLossError
+        from train.loop import NonFiniteLossError, TrainingInterrupted
 
         try:
             return fn(*args, **kwargs)
+        except TrainingInterrupted as exc:  # already printed where to resume; 143 (SIGTERM) / 130 (SIGINT)
+            raise typer.Exit(exc.exit_code) from None
         except (ConfigError, CacheError, CheckpointError, NonFiniteLossError, DatasetLayoutError, InputError, MissingWeightsError,
-                WeightsFormatError, FileNotFoundError) as exc:
+                WeightsFormatError, LockError, FileNotFoundError) as exc:
             from pipeline.console import console
 
             console.print(f"[bold red]error:[/bold red] {exc}")
