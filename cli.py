@@ -432,16 +432,20 @@ def bench_dit(
 @bench_app.command("loader")
 @_friendly_errors
 def bench_loader(
-    cache: Optional[str] = CacheOpt,
+    cache: Optional[str] = typer.Option(None, "--cache", help="Cache folder or URL (default: <paths.root>/cache/synthetic, else a temporary random cache)."),
     config: str = ConfigOpt,
     batch_size: int = typer.Option(8, help="Batch size."),
     workers: int = typer.Option(2, help="DataLoader workers."),
     batches: int = typer.Option(20, help="Batches to time."),
 ) -> None:
-    """Samples/s and MB/s read from the cache, for Stage 1 sub-windows and Stage 2 windows."""
-    from eval.bench.loader import run
+    """Samples/s and MB/s read from the cache, for Stage 1 sub-windows and Stage 2 windows.
 
-    run(cache or default_cache(_config(config, None)), batch_size=batch_size, workers=workers, batches=batches)
+    Without --cache it uses <paths.root>/cache/synthetic when that exists, else writes a small random cache at the
+    config's shapes in a temp folder (so it runs on a fresh clone)."""
+    from eval.bench.loader import run_or_make
+
+    cfg = _config(config, None)
+    run_or_make(cache or default_cache(cfg), cfg, batch_size=batch_size, workers=workers, batches=batches)
 
 
 @bench_app.command("stage1")
