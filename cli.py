@@ -503,6 +503,24 @@ def bench_sample(
         guidance_components=guidance_components, repeats=repeats, warmup=warmup, device=device)
 
 
+@bench_app.command("gpu")
+@_friendly_errors
+def bench_gpu(
+    size: str = typer.Option("auto", help="auto (paper on a GPU, tiny without one) | paper | tiny."),
+    steps: int = typer.Option(3, help="Timed steps of the Stage 2 and Stage 1 step benchmarks."),
+    workers: int = typer.Option(0, help="Cache DAG actors (0 = one per GPU, or the config's cache.workers on CPU)."),
+    limit: int = typer.Option(2, help="Training windows rendered and cached for the DAG and end-to-end parts."),
+    e2e_steps: int = typer.Option(5, help="Optimizer steps of the end-to-end Stage 1 and Stage 2 runs."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write every figure to this JSON file."),
+) -> None:
+    """The GPU paths in one script (under 8 min on one GPU): paper-size Stage 2 fwd+bwd in bf16 vs diffusers' Cosmos
+    DiT, the paper-size Stage 1 step, the cache DAG with GPU actors at paper resolution on random weights, and a
+    5-step end-to-end run. Without a GPU it says so and runs at tiny size on the CPU."""
+    from eval.bench.gpu import run
+
+    run(size=size, steps=steps, workers=workers, limit=limit, e2e_steps=e2e_steps, json_out=json_out)
+
+
 def main() -> None:
     app()
 
