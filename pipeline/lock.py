@@ -42,18 +42,26 @@ class WriterLock:
             atomic.write_bytes(self.path, payload)
         else:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            while True:
-                try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    holder = self.holder()
-                    if self._is_stale(holder):
-                        os.unlink(self.path)
-                        continue
-                    self._refuse(holder)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(payload)
-                break
+            # The lock appears with its content in one step (hard link of a filled temp file, which fails if the lock
+            # exists): a second writer never reads a half-written lock and mistakes it for a stale one.
+            tmp = f"{self.path}.{socket.gethostname()}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(payload)
+            try:
+                while True:
+                    try:
+                        os.link(tmp, self.path)
+                        break
+                    except FileExistsError:
+                        holder = self.holder()
+                        if not holder and not os.path.exists(self.path):  # released meanwhile: try again
+                            continue
+                        if self._is_stale(holder) and self.holder() == holder:  # re-read: not just taken over
+                            os.unlink(self.path)
+                            continue
+                        self._refuse(holder)
+            finally:
+                os.unlink(tmp)
         self.held = True
         return self
 
@@ -70,7 +78,7 @@ class WriterLock:
             return False
         pid = holder.get("pid")
         if not isinstance(pid, int):
-            return True
+            return False  # unreadable: never guessed stale (the refusal says how to remove it)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
