@@ -270,3 +270,11 @@ def test_resume_latest_falls_back_to_the_newest_intact_one_and_says_so(tmp_path,
     _truncate(tmp_path / "checkpoints" / "step_0000001" / ckpt.MODEL_FILE)
     with pytest.raises(ckpt.CheckpointError, match="every checkpoint .* is damaged"):
         ckpt.resolve_resume(tmp_path, True)
+
+
+def test_an_edited_config_json_is_not_damage_but_broken_json_is(tmp_path):
+    path = _save(tmp_path, 1, Tiny(3))
+    (path / ckpt.CONFIG_FILE).write_text('{"model": {"width": 3}, "note": "edited by hand"}')
+    assert ckpt.checkpoint_problem(path) is None
+    (path / ckpt.CONFIG_FILE).write_text('{"model": ')
+    assert "config.json is corrupt" in ckpt.checkpoint_problem(path)

@@ -46,7 +46,7 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.pt"
-FILES_FILE = "files.json"  # {file name: size in bytes}, written last (absent in older checkpoints)
+FILES_FILE = "files.json"  # {binary file name: size in bytes}, written last (absent in older checkpoints)
 REQUIRED = (MODEL_FILE, CONFIG_FILE, STATE_FILE)
 TMP_PREFIX = ".tmp_"
 
@@ -95,7 +95,8 @@ def save_checkpoint(
         save_file(_tensors_for_file(ema_state), str(tmp / EMA_FILE), metadata={"format": "pt"})
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     torch.save(train_state, tmp / STATE_FILE)
-    sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
+    # Binary files only: config.json is JSON a person may edit (checked by parsing it).
+    sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.name != CONFIG_FILE}
     (tmp / FILES_FILE).write_text(json.dumps(sizes, indent=2, sort_keys=True) + "\n")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -142,6 +143,8 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
         except ValueError:
             return f"{FILES_FILE} is corrupt"
         for name, size in sizes.items():
+            if name == CONFIG_FILE:
+                continue
             f = path / name
             if not f.is_file():
                 return f"{name} is missing"
