@@ -62,7 +62,7 @@ def _dit(cfg: Config, size: str, device: str, steps: int) -> dict[str, Any]:
                   dtype="bfloat16" if device == "cuda" else "float32",  # CPU bf16 is emulated, ~2x slower; tests/test_*_train cover it
                   checkpointing=cfg.stage2.train.activation_checkpointing)
     ours, theirs = r["models"].values()
-    return {"tokens": r["tokens"], "ours_step_s": ours["step_s"], "ours_peak_mib": ours["peak_mib"],
+    return {"dtype": r["dtype"], "tokens": r["tokens"], "ours_step_s": ours["step_s"], "ours_peak_mib": ours["peak_mib"],
             "ours_params_m": ours["params_m"], "diffusers_step_s": theirs["step_s"], "diffusers_peak_mib": theirs["peak_mib"],
             "diffusers_params_m": theirs["params_m"], "checkpointing": r["checkpointing"]}
 
@@ -122,7 +122,7 @@ def run(size: str = "auto", steps: int = 3, workers: int = 0, limit: int = 2, e2
     results: dict[str, Any] = {"size": size, "device": torch.cuda.get_device_name() if gpu else "cpu",
                                "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="re2pix-bench-gpu-") as tmp:
-        _part(results, "stage2_fwd_bwd_bf16", lambda: _dit(cfg, size, device, steps), device)
+        _part(results, "stage2_fwd_bwd", lambda: _dit(cfg, size, device, steps), device)
         _part(results, "stage1_step", lambda: _stage1(cfg, device, steps), device)
         cache = Path(tmp) / "cache"
         _part(results, "cache_dag", lambda: _cache(cfg, Path(tmp) / "data", cache, workers, limit), device)
@@ -140,14 +140,14 @@ def _print(results: dict[str, Any]) -> None:
     table = Table(title=f"bench gpu: {results['size']} size on {results['device']} (torch {results['torch']})")
     for col in ("part", "figures", "wall s", "peak GiB"):
         table.add_column(col, justify="left" if col == "figures" else "right")
-    for name in ("stage2_fwd_bwd_bf16", "stage1_step", "cache_dag", "end_to_end"):
+    for name in ("stage2_fwd_bwd", "stage1_step", "cache_dag", "end_to_end"):
         r = dict(results.get(name, {}))
         wall, peak = r.pop("wall_s", float("nan")), r.pop("peak_gib", float("nan"))
         text = r.pop("error", None) or ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items())
         table.add_row(name, text, f"{wall:.1f}", f"{peak:.1f}")
     console.print(table)
     failed = [k for k, v in results.items() if isinstance(v, dict) and "error" in v]
-    d = results.get("stage2_fwd_bwd_bf16", {})
+    d = results.get("stage2_fwd_bwd", {})
     line = (f"bench gpu ({results['size']}, {results['device']}): stage 2 fwd+bwd ours {1000 * d['ours_step_s']:.0f} ms vs "
             f"diffusers {1000 * d['diffusers_step_s']:.0f} ms" if "ours_step_s" in d else f"bench gpu ({results['size']}, {results['device']})")
     summary(line + (f"; FAILED parts: {', '.join(failed)}" if failed else "; all parts ran"))
