@@ -42,15 +42,18 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from configs.schema import ConfigError
         from pipeline.errors import DatasetLayoutError, InputError
+        from pipeline.lock import LockError
         from pipeline.store import CacheError
         from pipeline.weights import MissingWeightsError, WeightsFormatError
         from train.checkpoint import CheckpointError
-        from train.loop import NonFiniteLossError
+        from train.loop import NonFiniteLossError, TrainingInterrupted
 
         try:
             return fn(*args, **kwargs)
+        except TrainingInterrupted as exc:  # already printed where to resume; 143 (SIGTERM) / 130 (SIGINT)
+            raise typer.Exit(exc.exit_code) from None
         except (ConfigError, CacheError, CheckpointError, NonFiniteLossError, DatasetLayoutError, InputError, MissingWeightsError,
-                WeightsFormatError, FileNotFoundError) as exc:
+                WeightsFormatError, LockError, FileNotFoundError) as exc:
             from pipeline.console import console
 
             console.print(f"[bold red]error:[/bold red] {exc}")
@@ -430,17 +433,21 @@ def bench_dit(
 @bench_app.command("loader")
 @_friendly_errors
 def bench_loader(
-    cache: Optional[str] = CacheOpt,
+    cache: Optional[str] = typer.Option(None, "--cache", help="Cache folder or URL (default: <paths.root>/cache/synthetic, else a temporary random cache)."),
     config: str = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     batch_size: int = typer.Option(8, help="Batch size."),
     num_workers: int = typer.Option(2, "--loader-workers", help="DataLoader worker processes."),
     batches: int = typer.Option(20, help="Batches to time."),
 ) -> None:
-    """Samples/s and MB/s read from the cache, for Stage 1 sub-windows and Stage 2 windows."""
-    from eval.bench.loader import run
+    """Samples/s and MB/s read from the cache, for Stage 1 sub-windows and Stage 2 windows.
 
-    run(cache or default_cache(_config(config, set_)), batch_size=batch_size, workers=num_workers, batches=batches)
+    Without --cache it uses <paths.root>/cache/synthetic when that exists, else writes a small random cache at the
+    config's shapes in a temp folder (so it runs on a fresh clone)."""
+    from eval.bench.loader import run_or_make
+
+    cfg = _config(config, set_)
+    run_or_make(cache or default_cache(cfg), cfg, batch_size=batch_size, workers=num_workers, batches=batches)
 
 
 @bench_app.command("stage1")
@@ -496,6 +503,24 @@ def bench_sample(
 
     run(_config(config, set_), width=width, depth=depth, heads=heads, steps=sampling_steps, guidance_weight=guidance_weight,
         guidance_components=guidance_components, repeats=repeats, warmup=warmup, device=device)
+
+
+@bench_app.command("gpu")
+@_friendly_errors
+def bench_gpu(
+    size: str = typer.Option("auto", help="auto (paper on a GPU, tiny without one) | paper | tiny."),
+    steps: int = typer.Option(3, help="Timed steps of the Stage 2 and Stage 1 step benchmarks."),
+    workers: int = typer.Option(0, help="Cache DAG actors (0 = one per GPU, or the config's cache.workers on CPU)."),
+    limit: int = typer.Option(2, help="Training windows rendered and cached for the DAG and end-to-end parts."),
+    e2e_steps: int = typer.Option(5, help="Optimizer steps of the end-to-end Stage 1 and Stage 2 runs."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write every figure to this JSON file."),
+) -> None:
+    """The GPU paths in one script (under 8 min on one GPU): paper-size Stage 2 fwd+bwd in bf16 vs diffusers' Cosmos
+    DiT, the paper-size Stage 1 step, the cache DAG with GPU actors at paper resolution on random weights, and a
+    5-step end-to-end run. Without a GPU it says so and runs at tiny size on the CPU."""
+    from eval.bench.gpu import run
+
+    run(size=size, steps=steps, workers=workers, limit=limit, e2e_steps=e2e_steps, json_out=json_out)
 
 
 def main() -> None:

@@ -175,6 +175,10 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     activation_checkpointing: bool = False
+    # Checkpoint retention, applied after each save: the newest keep_last (0 = keep all), plus every step divisible
+    # by keep_every (0 = none; milestones for a metric-vs-step curve); the best by validation is never deleted.
+    keep_last: int = 0
+    keep_every: int = 0
 
     def overridden(self, **values: Any) -> "TrainConfig":
         """A copy with the command line's options applied (None = keep the config's value)."""
@@ -386,9 +390,11 @@ class Config:
         if not 0.0 <= self.stage2.mixed_supervision_prob <= 1.0:
             raise ConfigError(f"stage2.mixed_supervision_prob={self.stage2.mixed_supervision_prob} must be in [0, 1]")
         check_sampler(self.stage2.diffusion.sampler)
-        for sec in (self.stage1.train, self.stage2.train, self.heads.train):
+        for name, sec in (("stage1", self.stage1.train), ("stage2", self.stage2.train), ("heads", self.heads.train)):
             if sec.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-                raise ConfigError(f"train.mixed_precision={sec.mixed_precision!r}: choose auto, no, bf16 or fp16")
+                raise ConfigError(f"{name}.train.mixed_precision={sec.mixed_precision!r}: choose auto, no, bf16 or fp16")
+            if sec.keep_last < 0 or sec.keep_every < 0:
+                raise ConfigError(f"{name}.train.keep_last={sec.keep_last} and keep_every={sec.keep_every} must be >= 0 (0 = keep all / no milestones)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,10 +9,7 @@ partial. See pipeline/layout.py for the contract.
 from __future__ import annotations
 
 import io
-import json
 import os
-import socket
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -22,7 +19,7 @@ import polars as pl
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from pipeline import atomic, layout
+from pipeline import atomic, layout, lock
 
 
 class CacheError(RuntimeError):
@@ -46,73 +43,11 @@ def _compressor(name: str, level: int) -> Any:
 # ----------------------------------------------------------------------------------------------- lock
 
 
-class WriterLock:
-    """`cache.lock`: one writer per cache. A lock left by a dead process on this host is taken over."""
+class WriterLock(lock.WriterLock):
+    """`cache.lock`: one writer per cache (the generic lock in pipeline/lock.py, refusing with CacheError)."""
 
     def __init__(self, root: str, purpose: str):
-        self.path = atomic.join(root, layout.LOCK)
-        self.purpose = purpose
-        self.held = False
-
-    def __enter__(self) -> "WriterLock":
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S"), "purpose": self.purpose}
-        payload = json.dumps(info).encode()
-        if atomic.is_url(self.path):
-            # Object stores have no O_EXCL: best effort (check, then write), documented in README.
-            if atomic.exists(self.path):
-                self._refuse(atomic.read_json(self.path))
-            atomic.write_bytes(self.path, payload)
-        else:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            while True:
-                try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    try:
-                        holder = json.loads(open(self.path).read() or "{}")
-                    except (OSError, json.JSONDecodeError):
-                        holder = {}
-                    if self._is_stale(holder):
-                        os.unlink(self.path)
-                        continue
-                    self._refuse(holder)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(payload)
-                break
-        self.held = True
-        return self
-
-    @staticmethod
-    def _is_stale(holder: dict[str, Any]) -> bool:
-        if holder.get("host") != socket.gethostname():
-            return False
-        pid = holder.get("pid")
-        if not isinstance(pid, int):
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def _refuse(self, holder: dict[str, Any]) -> None:
-        raise CacheError(
-            f"{self.path}: another writer holds this cache (pid {holder.get('pid')} on {holder.get('host')}, "
-            f"{holder.get('purpose', '?')} since {holder.get('since')}). Wait for it to finish; if that process is "
-            f"dead on another machine, delete {self.path} and re-run."
-        )
-
-    def __exit__(self, *exc: Any) -> None:
-        if not self.held:
-            return
-        if atomic.is_url(self.path):
-            fs, p = _fs_path(self.path)
-            fs.rm(p)
-        elif os.path.exists(self.path):
-            os.unlink(self.path)
-        self.held = False
+        super().__init__(atomic.join(root, layout.LOCK), purpose, what="cache", error=CacheError)
 
 
 # --------------------------------------------------------------------------------------------- tables

@@ -194,3 +194,87 @@ def test_trainers_record_validation_with_each_checkpoint_and_track_the_best(tmp_
     best = min((2, 4), key=lambda s: configs[s]["val"]["loss"])
     assert selection["best"]["step"] == best and ckpt.resolve_checkpoint(tmp_path / "run").name == ckpt.step_name(best)
     assert result.checkpoint.endswith(ckpt.step_name(4))
+
+
+# ------------------------------------------------------------------------------------ retention, damage
+
+
+def _steps(out):
+    return sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+
+
+def test_pruning_keeps_the_newest_the_milestones_and_the_best(tmp_path):
+    losses = {100: 0.9, 200: 0.2, 300: 0.5, 400: 0.6, 500: 0.7, 600: 0.8, 700: 0.85}
+    for step, loss in losses.items():
+        _save_validated(tmp_path, step, {"loss": loss})
+        ckpt.prune_checkpoints(tmp_path, keep_last=2, keep_every=300)
+    # newest 2 (600, 700), milestones (300, 600), the best by loss (200); 100, 400, 500 deleted
+    assert _steps(tmp_path) == [200, 300, 600, 700]
+    assert not list((tmp_path / "checkpoints").glob(".tmp_*"))
+    assert ckpt.select_checkpoint(tmp_path)[0].name == "step_0000200"
+    assert ckpt.prune_checkpoints(tmp_path, keep_last=0) == []  # 0 keeps everything
+
+
+def test_pruning_never_deletes_the_protected_one(tmp_path):
+    for step in (1, 2, 3):
+        _save_validated(tmp_path, step)
+    (tmp_path / "checkpoints" / "latest").write_text("step_0000003\n")
+    ckpt.prune_checkpoints(tmp_path, keep_last=1, protect=(tmp_path / "checkpoints" / "step_0000001",))
+    assert _steps(tmp_path) == [1, 3]
+
+
+def test_a_trainer_prunes_after_each_save(tmp_path):
+    cache = make_cache(tmp_path / "cache", num_samples=4, splits=["train"] * 3 + ["val"])
+    cfg = load_config("tiny", tiny_stage1_overrides(**{"stage1.train.steps": 5, "stage1.train.ckpt_every": 1,
+                                                       "stage1.train.val_every": 0, "stage1.train.keep_last": 2,
+                                                       "stage1.train.keep_every": 2}))
+    train_stage1(cfg, cache, str(tmp_path / "run"))
+    assert _steps(tmp_path / "run") == [2, 4, 5]
+
+
+def _truncate(path, keep_fraction=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+
+
+@pytest.mark.parametrize("damaged", [ckpt.MODEL_FILE, ckpt.STATE_FILE])
+def test_a_truncated_checkpoint_is_refused_by_name(tmp_path, damaged):
+    model = Tiny(3)
+    path = _save(tmp_path, 1, model)
+    assert ckpt.checkpoint_problem(path) is None
+    _truncate(path / damaged)
+    assert damaged in ckpt.checkpoint_problem(path)
+    with pytest.raises(ckpt.CheckpointError, match=f"step_0000001 is damaged: {damaged} is truncated"):
+        ckpt.resolve_checkpoint(path)
+    with pytest.raises(ckpt.CheckpointError, match="damaged"):
+        ckpt.load_model_for_inference(tmp_path, _factory)
+
+
+def test_a_truncated_file_without_a_size_list_is_still_caught(tmp_path):
+    path = _save(tmp_path, 1, Tiny(3))
+    (path / ckpt.FILES_FILE).unlink()  # as in checkpoints written before files.json existed
+    assert ckpt.checkpoint_problem(path) is None
+    _truncate(path / ckpt.MODEL_FILE, 0.9)
+    assert "model.safetensors is truncated" in ckpt.checkpoint_problem(path)
+
+
+def test_resume_latest_falls_back_to_the_newest_intact_one_and_says_so(tmp_path, capsys):
+    for step in (1, 2, 3):
+        _save(tmp_path, step, Tiny(3))
+    _truncate(tmp_path / "checkpoints" / "step_0000003" / ckpt.STATE_FILE)
+    path = ckpt.resolve_resume(tmp_path, True)
+    assert path.name == "step_0000002"
+    out = "".join(capsys.readouterr().err.split())  # rich wraps long lines, even inside a path
+    assert "step_0000003isdamaged" in out and "insteadofstep_0000003" in out
+    _truncate(tmp_path / "checkpoints" / "step_0000002" / ckpt.MODEL_FILE)
+    _truncate(tmp_path / "checkpoints" / "step_0000001" / ckpt.MODEL_FILE)
+    with pytest.raises(ckpt.CheckpointError, match="every checkpoint .* is damaged"):
+        ckpt.resolve_resume(tmp_path, True)
+
+
+def test_an_edited_config_json_is_not_damage_but_broken_json_is(tmp_path):
+    path = _save(tmp_path, 1, Tiny(3))
+    (path / ckpt.CONFIG_FILE).write_text('{"model": {"width": 3}, "note": "edited by hand"}')
+    assert ckpt.checkpoint_problem(path) is None
+    (path / ckpt.CONFIG_FILE).write_text('{"model": ')
+    assert "config.json is corrupt" in ckpt.checkpoint_problem(path)

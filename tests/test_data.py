@@ -154,3 +154,17 @@ def test_bench_loader_reports_rates(cache):
         assert r["samples_per_s"] > 0 and r["mb_per_s"] > 0 and 0 < r["disk_ratio"] < 2
     assert result["stage1"]["item_mb"] == pytest.approx(5 * 8 * 4 * 6 * 2 / 1e6)
     assert result["stage2"]["arrays"] == ["features", "latents"]
+
+
+def test_bench_loader_with_no_arguments_makes_its_own_cache(tmp_path, monkeypatch):
+    # A fresh clone: no <paths.root>/cache/synthetic under the working directory.
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["bench", "loader"])
+    assert result.exit_code == 0, result.output
+    assert "no cache at runs/tiny/cache/synthetic" in " ".join(result.output.split())
+    assert "loader: stage 1" in result.output and "samples/s" in result.output
+    assert not list(tmp_path.iterdir())  # the temporary cache is gone

@@ -147,3 +147,16 @@ def test_validation_miou_matches_a_direct_confusion_matrix(trained, cache):
     with torch.no_grad():
         val = task.validate(head, [{"features": z, "label": labels}])
     assert val["miou"] == pytest.approx(direct, abs=1e-12)
+
+
+def test_bf16_autocast_on_cpu_matches_float32(cache, tmp_path):
+    # The GPU path (mixed_precision bf16) through Accelerate's CPU autocast, both heads, 2 steps. Measured: max
+    # relative loss difference 2.5e-3 (segmentation) and 2.2e-4 (depth); asserted within 2e-2.
+    cfg = _cfg(**{"heads.train.val_every": 0})
+    fp32 = train_heads(cfg, cache, str(tmp_path / "fp32"), steps=2, mixed_precision="no")
+    bf16 = train_heads(cfg, cache, str(tmp_path / "bf16"), steps=2, mixed_precision="bf16")
+    for task in ("segmentation", "depth"):
+        a, b = fp32[task].losses, bf16[task].losses
+        assert a != b, task  # autocast really ran in bf16
+        worst = max(abs(a[k] - b[k]) / abs(a[k]) for k in a)
+        assert worst < 2e-2, (task, worst)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,9 +18,16 @@ from configs.schema import ConfigError, OptimConfig, TrainConfig, load_config
 from tests.cache_fixtures import make_cache, tiny_stage1_overrides
 from train import checkpoint as ckpt
 from train.ema import EMA, init_weight
-from train.loop import NonFiniteLossError, resolve_mixed_precision, run_training
+from train.loop import (
+    RUN_LOCK,
+    NonFiniteLossError,
+    RunLockedError,
+    TrainingInterrupted,
+    resolve_mixed_precision,
+    run_training,
+)
 from train.optim import build_optimizer, build_schedule, scaled_lr, schedule_factor
-from train.stage1 import train_stage1
+from train.stage1 import Stage1Task, train_stage1
 
 # ---------------------------------------------------------------------------------- optimizer, schedule
 
@@ -210,3 +222,71 @@ def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
     with pytest.raises(NonFiniteLossError, match="none"):
         run_training(_Explodes(bad_step=1), _endless, None, train, OptimConfig(lr=1e-2), str(tmp_path))
     assert ckpt.latest_checkpoint(tmp_path) is None
+
+
+# ------------------------------------------------------------------------- one writer, graceful stop
+
+
+def _write_lock(out: Path, pid: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": "earlier", "purpose": "train X"}))
+
+
+def test_a_second_trainer_on_the_same_run_folder_is_refused(tmp_path):
+    train = TrainConfig(steps=2, batch_size=2, ckpt_every=0, val_every=0, num_workers=0)
+    other = subprocess.Popen(["sleep", "60"])  # a live process on this host holds the run
+    try:
+        _write_lock(tmp_path, other.pid)
+        with pytest.raises(RunLockedError, match=rf"another writer holds this training run \(pid {other.pid} on {socket.gethostname()}"):
+            run_training(_Explodes(bad_step=0), _endless, None, train, OptimConfig(lr=1e-2), str(tmp_path))
+        assert ckpt.latest_checkpoint(tmp_path) is None and (tmp_path / RUN_LOCK).is_file()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_and_released(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _write_lock(tmp_path, dead.pid)
+    train = TrainConfig(steps=2, batch_size=2, ckpt_every=0, val_every=0, num_workers=0)
+    result = run_training(_Explodes(bad_step=0), _endless, None, train, OptimConfig(lr=1e-2), str(tmp_path))
+    assert result.step == 2 and not (tmp_path / RUN_LOCK).exists()
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_resume_is_exact(cache, tmp_path, monkeypatch):
+    cfg = _cfg(**{"stage1.model.dropout": 0.2, "stage1.train.ckpt_every": 3, "stage1.train.val_every": 0,
+                  "stage1.train.steps": 6, "stage1.optim.schedule": "constant"})
+    straight = train_stage1(cfg, cache, str(tmp_path / "a"))
+    original = Stage1Task.training_loss
+
+    def signalled(self, model, batch, step, generator):
+        if step == 1:  # during step 2 (0-based index 1), between two checkpoints
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, model, batch, step, generator)
+
+    monkeypatch.setattr(Stage1Task, "training_loss", signalled)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="--resume latest") as info:
+        train_stage1(cfg, cache, str(tmp_path / "b"))
+    assert info.value.exit_code == 143 and info.value.step == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert ckpt.latest_checkpoint(tmp_path / "b").name == "step_0000002"
+    assert not (tmp_path / "b" / RUN_LOCK).exists()
+    monkeypatch.setattr(Stage1Task, "training_loss", original)
+    resumed = train_stage1(cfg, cache, str(tmp_path / "b"), resume=True)
+    assert resumed.losses == {k: v for k, v in straight.losses.items() if k > 2}  # exact
+
+
+def test_sigint_stops_with_130(tmp_path):
+    class Interrupts(_Explodes):
+        def training_loss(self, model, batch, step, generator):
+            if step == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().training_loss(model, batch, step, generator)
+
+    train = TrainConfig(steps=5, batch_size=2, ckpt_every=0, val_every=0, num_workers=0)
+    with pytest.raises(TrainingInterrupted) as info:
+        run_training(Interrupts(bad_step=0), _endless, None, train, OptimConfig(lr=1e-2), str(tmp_path))
+    assert info.value.exit_code == 130 and ckpt.latest_checkpoint(tmp_path).name == "step_0000001"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -249,3 +249,14 @@ def test_a_cache_made_for_another_codec_is_refused(tmp_path):
     cfg = overrides(**{"codec.spatial_factor": 8})
     with pytest.raises(CacheError, match=r"codec\.spatial_factor: cache has 4, expected 8"):
         train_stage2(cfg, cache, str(tmp_path / "run"))
+
+
+def test_bf16_autocast_on_cpu_matches_float32(tmp_path):
+    # The GPU path (mixed_precision bf16) through Accelerate's CPU autocast. Measured: max relative loss difference
+    # 1.4e-3 over 3 steps; asserted within 1e-2.
+    cache = window_cache(tmp_path / "cache")
+    cfg = overrides(**{"stage2.train.steps": 3})
+    fp32 = train_stage2(cfg, cache, str(tmp_path / "fp32"), mixed_precision="no").losses
+    bf16 = train_stage2(cfg, cache, str(tmp_path / "bf16"), mixed_precision="bf16").losses
+    assert bf16 != fp32  # autocast really ran in bf16
+    assert bf16 == pytest.approx(fp32, rel=1e-2)

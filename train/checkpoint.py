@@ -14,7 +14,11 @@ Consumers name a checkpoint folder, or a run folder optionally followed by `@bes
 
 A checkpoint is assembled in `.tmp_step_N/` and renamed into place only when every file is written; `latest` is
 replaced (atomically) after that rename. A crash therefore leaves at worst a `.tmp_*` folder, which readers ignore and
-the next save removes.
+the next save removes. Each folder also lists its files' sizes (`files.json`); a checkpoint whose files were truncated
+later (a copy cut short, a full disk) is refused by name, and `--resume latest` falls back to the newest intact one.
+
+`prune_checkpoints` bounds a run's folders: the newest `keep_last`, every `keep_every`-th step (milestones for a
+metric-vs-step curve), the best one recorded in selection.json and the one just written are kept.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline import atomic
+from pipeline.console import warn_loud
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -39,6 +46,7 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.pt"
+FILES_FILE = "files.json"  # {binary file name: size in bytes}, written last (absent in older checkpoints)
 REQUIRED = (MODEL_FILE, CONFIG_FILE, STATE_FILE)
 TMP_PREFIX = ".tmp_"
 
@@ -87,6 +95,9 @@ def save_checkpoint(
         save_file(_tensors_for_file(ema_state), str(tmp / EMA_FILE), metadata={"format": "pt"})
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     torch.save(train_state, tmp / STATE_FILE)
+    # Binary files only: config.json is JSON a person may edit (checked by parsing it).
+    sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.name != CONFIG_FILE}
+    (tmp / FILES_FILE).write_text(json.dumps(sizes, indent=2, sort_keys=True) + "\n")
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -101,6 +112,111 @@ def save_checkpoint(
         os.replace(tmp, final)
     atomic.write_text(root / LATEST, final.name + "\n")
     return final
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Cheap integrity check without reading the tensors: the header parses and its data fits the file exactly."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return f"{path.name} is truncated (header of {n} bytes in a {size}-byte file)"
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError) as exc:
+        return f"{path.name} has an unreadable header ({exc})"
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        return f"{path.name} is truncated or padded ({size} bytes, its header describes {8 + n + end})"
+    return None
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why checkpoint folder `path` cannot be used (missing, truncated or corrupt files), or None when it is intact."""
+    path = Path(path)
+    if not is_complete(path):
+        missing = [f for f in REQUIRED if not (path / f).is_file()] if path.is_dir() else []
+        return f"it lacks {missing}" if missing else "it is not a checkpoint folder"
+    if (path / FILES_FILE).is_file():
+        try:
+            sizes = json.loads((path / FILES_FILE).read_text())
+        except ValueError:
+            return f"{FILES_FILE} is corrupt"
+        for name, size in sizes.items():
+            if name == CONFIG_FILE:
+                continue
+            f = path / name
+            if not f.is_file():
+                return f"{name} is missing"
+            if f.stat().st_size != size:
+                return f"{name} is truncated ({f.stat().st_size} bytes, {size} were written)"
+    for name in (MODEL_FILE, EMA_FILE):
+        if (path / name).is_file() and (problem := _safetensors_problem(path / name)):
+            return problem
+    if not zipfile.is_zipfile(path / STATE_FILE):  # torch.save's zip: its directory sits at the end of the file
+        return f"{STATE_FILE} is truncated or corrupt"
+    try:
+        json.loads((path / CONFIG_FILE).read_text())
+    except ValueError as exc:
+        return f"{CONFIG_FILE} is corrupt ({exc})"
+    return None
+
+
+def _check(path: Path) -> Path:
+    problem = checkpoint_problem(path)
+    if problem:
+        raise CheckpointError(f"{path} is damaged: {problem}. Pick another checkpoint of the run (<run>@<step>) or "
+                              f"resume with --resume latest, which skips damaged ones.")
+    return path
+
+
+def _step_folders(out_dir: str | os.PathLike) -> list[Path]:
+    root = checkpoints_dir(out_dir)
+    return sorted(p for p in root.glob("step_*") if is_complete(p)) if root.is_dir() else []
+
+
+def newest_intact(out_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of a run that passes `checkpoint_problem`; each damaged newer one is skipped loudly."""
+    first = latest_checkpoint(out_dir)
+    candidates = ([first] if first else []) + [p for p in reversed(_step_folders(out_dir)) if p != first]
+    skipped = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if skipped:
+                warn_loud(f"resuming from {path.name}, the newest intact checkpoint, instead of {', '.join(skipped)}")
+            return path
+        warn_loud(f"{path} is damaged ({problem}): skipped")
+        skipped.append(path.name)
+    if skipped:  # starting over at step 0 would silently discard the run
+        raise CheckpointError(f"every checkpoint in {checkpoints_dir(out_dir)} is damaged ({', '.join(skipped)}); "
+                              f"start a new run in another --out, or remove the folder to start this one over")
+    return None
+
+
+def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int, keep_every: int = 0,
+                      protect: tuple[str | os.PathLike, ...] = ()) -> list[Path]:
+    """Delete step folders beyond the newest `keep_last` (0 = keep all), keeping multiples of `keep_every`, the best
+    one of selection.json, the one `latest` names and the `protect`ed ones. Returns the deleted folders."""
+    if keep_last <= 0:
+        return []
+    folders = _step_folders(out_dir)
+    keep = {p.name for p in folders[-keep_last:]} | {Path(p).name for p in protect}
+    best = (read_selection(out_dir).get("best") or {}).get("checkpoint")
+    if best:
+        keep.add(best)
+    pointer = checkpoints_dir(out_dir) / LATEST
+    if pointer.is_file():
+        keep.add(pointer.read_text().strip())
+    if keep_every > 0:
+        keep |= {p.name for p in folders if int(p.name.split("_")[1]) % keep_every == 0}
+    deleted = [p for p in folders if p.name not in keep]
+    for p in deleted:
+        # Renamed first so that a crash mid-delete leaves a `.tmp_*` folder readers ignore, never half a checkpoint.
+        doomed = p.with_name(f"{TMP_PREFIX}pruned_{p.name}")
+        os.replace(p, doomed)
+        shutil.rmtree(doomed)
+    return deleted
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
@@ -153,14 +269,14 @@ def select_checkpoint(spec: str | os.PathLike) -> tuple[Path, str]:
     """(checkpoint folder, why it was chosen) for a checkpoint folder or `run[@best|@latest|@<step>]`."""
     path, choice = _split_choice(spec)
     if choice is None and is_complete(path):
-        return path, f"{path.name} (a checkpoint folder was given)"
+        return _check(path), f"{path.name} (a checkpoint folder was given)"
     if path.is_dir() and (checkpoints_dir(path).is_dir() or choice is not None):
         selection = read_selection(path)
         wanted = choice or selection.get("default", "latest")
         if wanted.isdigit():
             found = checkpoints_dir(path) / step_name(int(wanted))
             if is_complete(found):
-                return found, f"step {int(wanted)} (asked for)"
+                return _check(found), f"step {int(wanted)} (asked for)"
             have = sorted(p.name for p in checkpoints_dir(path).glob("step_*") if is_complete(p))
             raise CheckpointError(f"{path}: no complete checkpoint at step {int(wanted)}; it has {have}")
         latest = latest_checkpoint(path)
@@ -168,7 +284,7 @@ def select_checkpoint(spec: str | os.PathLike) -> tuple[Path, str]:
             best = selection.get("best")
             if best and is_complete(checkpoints_dir(path) / best["checkpoint"]):
                 origin = "asked for" if choice else f"the run's default: {selection.get('why', '')}"
-                return (checkpoints_dir(path) / best["checkpoint"],
+                return (_check(checkpoints_dir(path) / best["checkpoint"]),
                         f"best by validation {selection['metric']} = {best['value']:.6g} at step {best['step']} ({origin})")
             if choice == "best":
                 raise CheckpointError(f"{path} records no best checkpoint (no validation ran at a saved step); use @latest")
@@ -176,7 +292,7 @@ def select_checkpoint(spec: str | os.PathLike) -> tuple[Path, str]:
             reason = "asked for" if choice else (
                 f"the run's default: {selection['why']}" if selection.get("default") == "latest" and selection.get("why")
                 else "the newest checkpoint")
-            return latest, f"latest, step {int(latest.name.split('_')[1])} ({reason})"
+            return _check(latest), f"latest, step {int(latest.name.split('_')[1])} ({reason})"
     missing = [f for f in REQUIRED if not (path / f).is_file()] if path.is_dir() else []
     detail = f"it lacks {missing}" if missing else "it does not exist" if not path.exists() else "it holds no complete checkpoint"
     raise CheckpointError(
@@ -191,12 +307,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def resolve_resume(out_dir: str | os.PathLike, resume: bool | str | os.PathLike) -> Path | None:
-    """`resume=False`: none. True: the latest checkpoint in out_dir, or None when there is none yet (fresh start).
-    A path: that checkpoint (or run folder); it must exist."""
+    """`resume=False`: none. True: the newest intact checkpoint in out_dir (damaged newer ones are skipped, loudly),
+    or None when there is none yet (fresh start). A path: that checkpoint (or run folder); it must exist and be intact."""
     if resume is False or resume is None or resume == "":
         return None
     if resume is True:
-        return latest_checkpoint(out_dir)
+        return newest_intact(out_dir)
     return resolve_checkpoint(resume)
 
 

@@ -9,6 +9,14 @@ numpy, torch, CUDA and the per-step generator handed to the task) and the data p
 The data order is a pure function of (seed, position) (train/data.py), loaders never draw from the global RNG, and
 validation runs inside a saved/restored RNG state, so on CPU a run resumed at step N logs exactly the losses of the
 uninterrupted run.
+
+One writer per run folder: the main process holds `<out>/run.lock` (pipeline/lock.py) for the whole run; a second
+trainer on the same folder is refused with the holder's host and pid, a lock left by a dead process is taken over.
+
+Graceful stop: SIGTERM (what a cluster scheduler sends before preemption) and SIGINT (Ctrl-C) only set a flag; the
+loop finishes the current optimizer step, writes a checkpoint, prints how to resume (`--resume latest`) and raises
+`TrainingInterrupted`, whose `exit_code` is the shell's 128 + signal (143 for SIGTERM, 130 for SIGINT). A second
+signal stops at once. The handlers are installed for the duration of `run_training` and restored afterwards.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -33,6 +43,7 @@ from torch import nn
 from configs.schema import ConfigError, OptimConfig, TrainConfig
 from pipeline.console import console, progress, summary, warn_loud
 from pipeline.fingerprint import differences
+from pipeline.lock import LockError, WriterLock
 from train import checkpoint as ckpt
 from train.data import LoaderRequest
 from train.ema import EMA
@@ -68,6 +79,55 @@ LoaderFactory = Callable[[LoaderRequest], Iterable[Any]]
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept and named in the message."""
+
+
+RUN_LOCK = "run.lock"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class RunLockedError(LockError):
+    """Another live trainer writes to this run folder."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT stopped training at a step boundary after writing a checkpoint; exit with `exit_code`."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str, out_dir: str):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {checkpoint}. "
+            f"Continue with the same command and --out {out_dir} --resume latest (exit status {self.exit_code})."
+        )
+
+
+class _StopFlag:
+    """Signal handlers that only record the signal; the loop acts on it at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second signal: stop now, the way the default handler would
+            self.restore()
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        console.print(f"[bold yellow]{signal.Signals(signum).name}[/bold yellow]: finishing this step, then writing a "
+                      "checkpoint (send it again to stop at once)")
+
+    def install(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():  # signal.signal only works there
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 @dataclass
@@ -186,17 +246,27 @@ def run_training(
             f"train.steps={cfg_train.steps}, train.batch_size={cfg_train.batch_size}, train.grad_accum={cfg_train.grad_accum} must all be >= 1"
         )
     # cpu=True without CUDA: Accelerate then forms a gloo process group from torchrun/`accelerate launch` variables.
+    if cfg_train.keep_last < 0 or cfg_train.keep_every < 0:
+        raise ConfigError(f"train.keep_last={cfg_train.keep_last} and train.keep_every={cfg_train.keep_every} must be >= 0")
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg_train.mixed_precision), cpu=not torch.cuda.is_available())
+    # Only the main process holds the lock: the other ranks of the same launch are the same writer.
+    lock = (WriterLock(str(Path(out_dir) / RUN_LOCK), f"train {type(task).__name__}", what="training run", error=RunLockedError)
+            if accelerator.is_main_process else nullcontext())
+    stop = _StopFlag()
     try:
-        return _Run(task, train_loader_factory, val_loader_factory, cfg_train, cfg_optim, Path(out_dir), accelerator,
-                    cache_fingerprint, extra_meta, full_config).train(resume)
+        with lock:
+            stop.install()
+            return _Run(task, train_loader_factory, val_loader_factory, cfg_train, cfg_optim, Path(out_dir), accelerator,
+                        cache_fingerprint, extra_meta, full_config, stop).train(resume)
     finally:
+        stop.restore()
         # Lets a later run in the same process choose another precision; keeps the process group.
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
 class _Run:
-    def __init__(self, task, train_factory, val_factory, cfg_train, cfg_optim, out_dir, accelerator, cache_fingerprint, extra_meta, full_config):
+    def __init__(self, task, train_factory, val_factory, cfg_train, cfg_optim, out_dir, accelerator, cache_fingerprint, extra_meta, full_config,
+                 stop: _StopFlag | None = None):
         self.task, self.train_factory, self.val_factory = task, train_factory, val_factory
         self.cfg, self.cfg_optim, self.out_dir, self.acc = cfg_train, cfg_optim, out_dir, accelerator
         self.cache_fingerprint, self.extra_meta, self.full_config = cache_fingerprint, extra_meta, full_config
@@ -206,6 +276,7 @@ class _Run:
         self.main = accelerator.is_main_process
         self.last_checkpoint = ""
         self.sampler_position: Callable[[int], dict[str, int]] | None = None
+        self.stop = stop or _StopFlag()
 
     # ---------------------------------------------------------------------------------------- set-up
 
@@ -336,8 +407,17 @@ class _Run:
                                 writer.add_scalar(f"val/{key}", value, done)
                         if self.main:
                             console.print(f"step {done} validation: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
-                    if (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0) or done == cfg.steps:
+                    saved = (cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0) or done == cfg.steps
+                    if saved:
                         self._save(done, val if val_step == done else None)
+                    signum = self._stop_requested()
+                    if signum is not None:
+                        if not saved:
+                            self._save(done, val if val_step == done else None)
+                        interrupted = TrainingInterrupted(signum, done, self.last_checkpoint, str(self.out_dir))
+                        if self.main:
+                            console.print(f"[bold yellow]{interrupted}[/bold yellow]")
+                        raise interrupted
         finally:
             if writer:
                 writer.close()
@@ -352,6 +432,13 @@ class _Run:
                 + (", val " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()) if val else "")
             )
         return TrainResult(final, losses[final], self.last_checkpoint, throughput, losses, val)
+
+    def _stop_requested(self) -> int | None:
+        """The signal that asked to stop, agreed by all processes (any one signalled stops them all at this step)."""
+        signum = self.stop.signum or 0
+        if self.world > 1:
+            signum = int(self.acc.reduce(torch.tensor([signum], device=self.acc.device), "max").item())
+        return signum or None
 
     def _optimizer_step(self, data: Iterator[Any], step: int) -> tuple[float, dict[str, float]]:
         """One optimizer step over `grad_accum` micro-batches; returns the loss averaged over processes and micro-batches."""
@@ -445,6 +532,8 @@ class _Run:
                 metric, mode, default, why = selection
                 if ckpt.update_selection(self.out_dir, step, val or {}, metric, mode, default, why):
                     console.print(f"step {step}: best validation {metric} so far ({val[metric]:.6g})")
+            # After the selection is updated, so the best checkpoint is known; never the one just written.
+            ckpt.prune_checkpoints(self.out_dir, self.cfg.keep_last, self.cfg.keep_every, protect=(path,))
         self.acc.wait_for_everyone()
         if not self.main:
             self.last_checkpoint = str(ckpt.checkpoints_dir(self.out_dir) / ckpt.step_name(step))

@@ -2,12 +2,17 @@
 
 MB/s counts the float16 bytes delivered (decoded); `disk MB/s` scales it by the arrays' on-disk/decoded size ratio
 (local caches only), i.e. roughly what the storage must supply. The first batch (worker start-up) is timed apart.
+
+Without a cache (a fresh clone) it writes a small one of random float16 arrays at the config's shapes in a temp
+folder and says so: read rates depend on array shapes and chunking, not on values (random values compress worse
+than real features, so its disk MB/s is pessimistic).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -96,6 +101,26 @@ def run(cache: str, batch_size: int = 8, workers: int = 2, batches: int = 20, co
         f"stage 2 {results['stage2']['samples_per_s']:.1f} samples/s ({results['stage2']['mb_per_s']:.1f} MB/s)"
     )
     return results
+
+
+def run_or_make(cache: str | None, cfg: Any, samples: int = 16, **kwargs: Any) -> dict[str, Any]:
+    """`run` on `cache` when it holds a complete cache, else on a temporary random cache at `cfg`'s shapes."""
+    if cache is not None and atomic.exists(atomic.join(cache, layout.META)):
+        return run(cache, **kwargs)
+    from pipeline.synthetic.random_cache import write_random_cache
+
+    where = f"no cache at {cache}" if cache else "no cache given"
+    with tempfile.TemporaryDirectory(prefix="re2pix-bench-loader-") as tmp:
+        grid = cfg.token_grid
+        console.print(f"{where}: writing {samples} windows of random arrays at the {cfg.name} config's shapes "
+                      f"(features {cfg.latent_frames}x{cfg.pca.components}x{grid[0]}x{grid[1]}, latents "
+                      f"{cfg.latent_frames}x{cfg.codec.channels}x{cfg.latent_hw[0]}x{cfg.latent_hw[1]}) in {tmp}")
+        root = write_random_cache(
+            str(Path(tmp) / "cache"), num_samples=samples, shard_size=cfg.cache.shard_size, feature_frames=cfg.latent_frames,
+            context_latent_frames=cfg.context_latent_frames, channels=cfg.pca.components, grid=grid,
+            latent_channels=cfg.codec.channels, latent_hw=cfg.latent_hw, temporal_factor=cfg.codec.temporal_factor,
+        )
+        return run(root, **kwargs)
 
 
 def main() -> None:
