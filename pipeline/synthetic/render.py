@@ -276,12 +276,12 @@ def _draw_sprite(scene, sprite, z, t, f, cx, horizon, rgb, label, zbuf) -> None:
         coverage, colour = _car_cover(sprite, xp, yp, 1.0 / scale)
     else:
         coverage, colour = _shape_cover(sprite, xp, yp, 1.0 / scale, t)
-    haze = 1.0 - math.exp(-z / scene.fog)
-    colour = (colour + (scene.sky_horizon - colour) * haze) * scene.light
+    haze = 1.0 - math.exp(-z / scene.fog)  # colour -> (colour (1 - haze) + sky haze) light, as one affine map
+    colour = colour * ((1.0 - haze) * scene.light) + _c3(scene.sky_horizon * (haze * scene.light))
     in_front = z < zbuf[v0:v1, u0:u1]
     alpha = coverage * in_front
     box = rgb[:, v0:v1, u0:u1]
-    box += (colour.transpose(2, 0, 1) - box) * alpha
+    box += (colour - box) * alpha
     solid = (coverage >= 0.5) & in_front
     label[v0:v1, u0:u1][solid] = TRAIN_IDS.get(sprite["kind"], IGNORE)
     zbuf[v0:v1, u0:u1][solid] = z
@@ -310,7 +310,7 @@ def _car_template(oncoming: bool) -> np.ndarray:
 
 
 def _car_cover(car, xp, yp, pixel):
-    """Coverage [h, w] and colour [h, w, 3] of a car: box sums of its template over each pixel's footprint."""
+    """Coverage [h, w] and colour [3, h, w] of a car: box sums of its template over each pixel's footprint."""
     rows, cols = _CAR_TEMPLATE
     table = _car_template(bool(car["oncoming"]))
     half = pixel / 2
@@ -325,11 +325,11 @@ def _car_cover(car, xp, yp, pixel):
     overlaps = ((r[1:] > 0) & (r[:-1] < rows))[:, None] & ((c[1:] > 0) & (c[:-1] < cols))[None, :]
     coverage = box[0] / area * overlaps
     colour = (car["colour"][:, None, None] * box[1] + box[2:]) / np.maximum(box[0], 1e-9)
-    return coverage, colour.transpose(1, 2, 0)
+    return coverage, colour
 
 
 def _shape_cover(sprite, xp, yp, pixel, t):
-    """Coverage [h, w] from ss x ss sub-pixel samples of the shape and colour [h, w, 3] at the pixel centres xp
+    """Coverage [h, w] from ss x ss sub-pixel samples of the shape and colour [3, h, w] at the pixel centres xp
     (columns) and yp (rows), in metres."""
     h, w = len(yp), len(xp)
     ss = 3 if h < 24 else 2  # subpixel samples per axis: enough for smooth edges, cheap for big sprites
@@ -339,7 +339,7 @@ def _shape_cover(sprite, xp, yp, pixel, t):
     ym = (yp[:, None] - offsets).reshape(h * ss, 1)
     mask = np.broadcast_to(shape(sprite, xm, ym, t, colour=False)[0], (h * ss, w * ss))
     coverage = mask.reshape(h, ss, w, ss).mean(axis=(1, 3))
-    return coverage, shape(sprite, *np.broadcast_arrays(xp[None, :], yp[:, None]), t)[1]
+    return coverage, shape(sprite, *np.broadcast_arrays(xp[None, :], yp[:, None]), t)[1].transpose(2, 0, 1)
 
 
 def _car_shape(car, xm, ym, t, colour=True):
@@ -390,25 +390,22 @@ def _person_shape(person, xm, ym, t, colour=True):
 
 
 def _lamp_cover(lamp, xc, yc, pixel):
-    """Exact coverage [h, w] and colour [h, w, 3] of a street lamp (pole, arm, head: three rectangles) for pixels
+    """Exact coverage [h, w] and colour [3, h, w] of a street lamp (pole, arm, head: three rectangles) for pixels
     of size `pixel` metres centred at columns xc and rows yc: a rectangle's box-filtered cover is the product of
     its column and row covers, and the union subtracts the two overlaps (arm-pole, arm-head)."""
     top, toward = lamp["height"], -lamp["side"]
-
-    def rect(x0, x1, y0, y1):
-        return _interval_cover(yc, pixel, y0, y1)[:, None] * _interval_cover(xc, pixel, x0, x1)[None, :]
-
     arm_x = (0.0, 1.3) if toward > 0 else (-1.3, 0.0)
     head_x = (toward * 1.2 - 0.22, toward * 1.2 + 0.22)
-    pole = rect(-0.08, 0.08, 0.0, top)
-    arm = rect(*arm_x, top - 0.25, top - 0.1)
-    head = rect(*head_x, top - 0.35, top - 0.12)
-    arm_pole = rect(max(arm_x[0], -0.08), min(arm_x[1], 0.08), top - 0.25, top - 0.1)
-    arm_head = rect(max(arm_x[0], head_x[0]), min(arm_x[1], head_x[1]), top - 0.25, top - 0.12)
-    coverage = np.minimum(pole + arm + head - arm_pole - arm_head, 1.0)
-    dark = head / np.maximum(coverage, 1e-9)  # share of the covered area that is the head
-    colour = np.array([0.38, 0.39, 0.40]) + (np.array([0.25, 0.25, 0.27]) - np.array([0.38, 0.39, 0.40])) * dark[..., None]
-    return coverage, colour
+    # pole, arm, head, arm-pole overlap, arm-head overlap (an empty interval covers nothing)
+    xs = np.array([(-0.08, 0.08), arm_x, head_x, (max(arm_x[0], -0.08), min(arm_x[1], 0.08)),
+                   (max(arm_x[0], head_x[0]), min(arm_x[1], head_x[1]))])
+    ys = np.array([(0.0, top), (top - 0.25, top - 0.1), (top - 0.35, top - 0.12), (top - 0.25, top - 0.1),
+                   (top - 0.25, top - 0.12)])
+    columns = _interval_cover(xc[None, :], pixel, xs[:, :1], xs[:, 1:])  # [5, w]
+    rows = _interval_cover(yc[None, :], pixel, ys[:, :1], ys[:, 1:])  # [5, h]
+    coverage = np.clip((rows.T * np.array([1.0, 1.0, 1.0, -1.0, -1.0])) @ columns, 0.0, 1.0)
+    dark = np.outer(rows[2], columns[2]) / np.maximum(coverage, 1e-9)  # share of the covered area that is the head
+    return coverage, _c3([0.38, 0.39, 0.40]) - _c3([0.13, 0.14, 0.13]) * dark
 
 
 # ------------------------------------------------------------------------------------------ camera
