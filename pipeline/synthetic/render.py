@@ -165,73 +165,82 @@ def _foliage_texture(scene, s, y, canopy):
 
 def _ground(scene, a, b, f, s_ego, t, rgb, label, zbuf) -> int:
     """Road and sidewalks on the plane 1.5 m below the camera, for the pixels no wall hides; returns the first
-    ground row. Works on the dense block of rows below the horizon: every ground row has one distance, so what
-    depends on the distance only (dashes, slab joints, grain fade, where shadows fall) is computed once per row."""
-    H = len(b)
+    ground row. Every ground row has one distance, so what depends on the distance only (dashes, slab joints,
+    grain fade, where shadows fall) is computed once per row; the road's texture is computed on road pixels only
+    and the sidewalk's on sidewalk pixels only (pixel lists in row-major order, so a range of rows is a slice)."""
+    H, W = len(b), len(a)
     g0 = int(np.searchsorted(b, 1e-4, side="right"))  # first row looking down at the ground
     if g0 >= H:
         return H
-    z = CAMERA_HEIGHT / b[g0:, None]  # [R, 1]
-    visible = z < zbuf[g0:]
-    if not visible.any():
+    z_row = CAMERA_HEIGHT / b[g0:]  # [R], decreasing down the rows
+    pixels = np.flatnonzero(z_row[:, None] < zbuf[g0:])  # visible ground pixels of the block below the horizon
+    if not len(pixels):
         return g0
-    salt = scene.salt
-    x = a[None, :] * z - _road_centre(scene, z)  # road coordinate: lateral distance from the centre line
-    s = s_ego + z
-    px = z / f  # lateral footprint of one pixel, m
-    ps = z * z / (f * CAMERA_HEIGHT)  # longitudinal footprint of one pixel, m
+    row = pixels // W
+    z = z_row[row]
+    x = a[pixels - row * W] * z - _road_centre(scene, z)  # road coordinate: lateral distance from the centre line
     ax = np.abs(x)
     road = ax < scene.road_half  # beyond the curb is sidewalk up to the walls, which hide the rest
+    s_row = s_ego + z_row
+    px_row = z_row / f  # lateral footprint of one pixel, m
+    ps_row = z_row * z_row / (f * CAMERA_HEIGHT)  # longitudinal footprint of one pixel, m
+    colour = np.empty((3, len(pixels)))
+    on_road, on_walk = np.flatnonzero(road), np.flatnonzero(~road)
+    colour[:, on_road] = _asphalt(scene, x[on_road], ax[on_road], row[on_road], s_row, px_row, ps_row)
+    colour[:, on_walk] = _sidewalk(scene, ax[on_walk] - scene.road_half, row[on_walk], s_row, px_row, ps_row)
+    colour *= _ground_shadows(scene, x, z, row, z_row, s_ego, t)
+    rgb[:, g0:].reshape(3, -1)[:, pixels] = colour
+    label[g0:].reshape(-1)[pixels] = np.where(road, TRAIN_IDS["road"], TRAIN_IDS["sidewalk"])
+    zbuf[g0:].reshape(-1)[pixels] = z
+    return g0
 
-    # Asphalt: large patches and fine grain anchored to the road, tyre tracks, then the painted markings.
-    asphalt = 0.33 + 0.07 * (_value_noise(s * 0.35, x * 0.5, salt + 5) - 0.5)
-    grain_fade = np.clip(0.08 / np.maximum(px, ps), 0, 1)[:, 0]  # grows towards the bottom rows
-    g = int(np.searchsorted(grain_fade, 0.004, side="right"))  # rows above add < 1e-4: invisible
-    if g < len(z):
-        asphalt[g:] += 0.05 * grain_fade[g:, None] * (_value_noise(s[g:] * 12.0, x[g:] * 12.0, salt + 6) - 0.5)
+
+def _asphalt(scene, x, ax, row, s_row, px_row, ps_row) -> np.ndarray:
+    """Road pixels [3, N]: large patches and fine grain anchored to the road, tyre tracks, painted markings."""
+    s, px = s_row[row], px_row[row]
+    asphalt = 0.33 + 0.07 * (_value_noise(s * 0.35, x * 0.5, scene.salt + 5) - 0.5)
+    fade_row = np.clip(0.08 / np.maximum(px_row, ps_row), 0, 1)  # grows towards the bottom rows
+    first = int(np.searchsorted(row, np.searchsorted(fade_row, 0.004, side="right")))  # above: < 1e-4, invisible
+    if first < len(row):
+        grain = _value_noise(s[first:] * 12.0, x[first:] * 12.0, scene.salt + 6) - 0.5
+        asphalt[first:] += 0.05 * fade_row[row[first:]] * grain
     # Worn tyre tracks 0.8 m either side of each lane centre (wide and faint: no antialiasing needed).
     lw, lanes = scene.lane_width, scene.lanes
     from_centre = np.abs(_mod(ax, lw) - 0.5 * lw)
-    tracks = np.clip(1.0 - np.abs(from_centre - 0.8) / 0.3, 0, 1) * (ax < lanes * lw)
-    asphalt -= 0.03 * tracks
-    road_rgb = asphalt * _c3([1.0, 1.0, 1.04])
+    asphalt -= 0.03 * np.clip(1.0 - np.abs(from_centre - 0.8) / 0.3, 0, 1) * (ax < lanes * lw)
     # Markings: the exact box-filter cover of each stripe, summed, divided by the footprint once.
     lo, hi = x - px / 2, x + px / 2
 
     def stripe(centre, half):
-        return np.clip(np.minimum(hi, centre + half) - np.maximum(lo, centre - half), 0, None)
+        return np.maximum(np.minimum(hi, centre + half) - np.maximum(lo, centre - half), 0)
 
-    paint = stripe(0.0, 0.07) * _periodic_cover(s, ps, 9.0, 0.0, 3.0)  # centre line, dashed
-    dashes = _periodic_cover(s, ps, 12.0, 0.0, 4.0)
-    for j in range(1, lanes):
-        for boundary in (j * lw, -j * lw):
-            paint += stripe(boundary, 0.06) * dashes
-    for edge in (lanes * lw, -lanes * lw):
-        paint += stripe(edge, 0.07)  # solid lane edge
-    paint = np.clip(paint / px, 0, 1) * 0.85
-    road_rgb += (_c3([0.86, 0.86, 0.83]) - road_rgb) * paint
-
-    # Sidewalk: paving slabs and a lighter curb stone.
-    d = ax - scene.road_half
-    slabs = 1.0 - 0.12 * np.maximum(_periodic_cover(s, ps, 0.8, 0.0, 0.05), _periodic_cover(d, px, 0.8, 0.0, 0.05))
-    walk = (0.55 + 0.04 * _value_noise(s * 0.6, d * 0.6, salt + 7)) * slabs
-    walk_rgb = walk * _c3([1.03, 1.0, 0.95])
-    curb = np.clip(np.minimum(d + px / 2, 0.25) - np.maximum(d - px / 2, 0.0), 0, None) / px
-    walk_rgb += (_c3([0.70, 0.70, 0.68]) - walk_rgb) * curb
-
-    np.copyto(walk_rgb, road_rgb, where=road)
-    walk_rgb *= _ground_shadows(scene, x, z, s_ego, t)
-    np.copyto(rgb[:, g0:], walk_rgb, where=visible)
-    label[g0:] = np.where(visible, np.where(road, TRAIN_IDS["road"], TRAIN_IDS["sidewalk"]), label[g0:])
-    zbuf[g0:] = np.where(visible, z, zbuf[g0:])
-    return g0
+    paint = stripe(0.0, 0.07) * _periodic_cover(s_row, ps_row, 9.0, 0.0, 3.0)[row]  # centre line, dashed
+    if lanes > 1:
+        dashes = _periodic_cover(s_row, ps_row, 12.0, 0.0, 4.0)[row]
+        for j in range(1, lanes):
+            paint += (stripe(j * lw, 0.06) + stripe(-j * lw, 0.06)) * dashes
+    paint += stripe(lanes * lw, 0.07) + stripe(-lanes * lw, 0.07)  # solid lane edges
+    paint = np.minimum(paint / px, 1) * 0.85
+    road = asphalt * np.array([[1.0], [1.0], [1.04]])
+    return road + (np.array([[0.86], [0.86], [0.83]]) - road) * paint
 
 
-def _ground_shadows(scene, x, z, s_ego, t) -> np.ndarray:
+def _sidewalk(scene, d, row, s_row, px_row, ps_row) -> np.ndarray:
+    """Sidewalk pixels [3, N] at distance d beyond the curb: paving slabs and a lighter curb stone."""
+    s, px = s_row[row], px_row[row]
+    slabs = 1.0 - 0.12 * np.maximum(_periodic_cover(s_row, ps_row, 0.8, 0.0, 0.05)[row],
+                                    _periodic_cover(d, px, 0.8, 0.0, 0.05))
+    walk = (0.55 + 0.04 * _value_noise(s * 0.6, d * 0.6, scene.salt + 7)) * slabs
+    walk = walk * np.array([[1.03], [1.0], [0.95]])
+    curb = np.maximum(np.minimum(d + px / 2, 0.25) - np.maximum(d - px / 2, 0.0), 0) / px
+    return walk + (np.array([[0.70], [0.70], [0.68]]) - walk) * curb
+
+
+def _ground_shadows(scene, x, z, row, z_row, s_ego, t) -> np.ndarray:
     """Soft contact shadows under cars and people (the sun is high: the shadow is the footprint), computed only
-    on the rows each shadow can reach. x: [R, W], z: [R, 1], decreasing down the rows."""
+    on the rows each shadow can reach (pixels are in row order; z_row decreases down the rows)."""
     shade = np.ones_like(x)
-    neg_z = -z[:, 0]  # increasing
+    neg_z = -z_row  # increasing
     for sprite in scene.sprites:
         if sprite["kind"] == "lamp":
             continue
@@ -239,14 +248,15 @@ def _ground_shadows(scene, x, z, s_ego, t) -> np.ndarray:
         if not 2.0 < zs < 150.0:
             continue
         near, far = zs, zs + (4.3 if sprite["kind"] == "car" else 0.5)  # we see the near face; the body lies beyond
-        r0 = int(np.searchsorted(neg_z, -(far + 0.5), side="right"))
-        r1 = int(np.searchsorted(neg_z, -(near - 0.5), side="left"))
-        if r0 >= r1:
+        r0 = np.searchsorted(neg_z, -(far + 0.5), side="right")
+        r1 = np.searchsorted(neg_z, -(near - 0.5), side="left")
+        k0, k1 = np.searchsorted(row, (r0, r1))
+        if k0 >= k1:
             continue
-        zz = z[r0:r1]
-        lateral = np.clip(1.0 - (np.abs(x[r0:r1] - sprite["x"]) - sprite["half_width"] * 0.9) / 0.3, 0, 1)
+        zz = z[k0:k1]
+        lateral = np.clip(1.0 - (np.abs(x[k0:k1] - sprite["x"]) - sprite["half_width"] * 0.9) / 0.3, 0, 1)
         along = np.clip(1.0 - np.maximum(near - zz, zz - far) / 0.5, 0, 1)
-        shade[r0:r1] *= 1.0 - 0.55 * lateral * along
+        shade[k0:k1] *= 1.0 - 0.55 * lateral * along
     return shade
 
 
