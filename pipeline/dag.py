@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,6 +57,7 @@ class CacheSummary:
     skipped_shards: int
     times: StageTimes
     reconstruction: dict[str, Any] | None = None  # meta.json codec.reconstruction
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds: start (Ray + workers ready), fit, encode, ...
 
     def line(self) -> str:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
@@ -257,13 +258,16 @@ def build_cache(
                 )
         else:
             write_parquet(manifest_path, manifest)
+        phases = {"prepare": time.perf_counter() - t_start}
+        t_phase = time.perf_counter()
         ray = _init_ray(ray_address, workers)
+        phases["ray_init"] = time.perf_counter() - t_phase
         n_workers, resources, threads = _worker_plan(ray, workers or cfg.cache.workers)
         actor_cls = ray.remote(**resources)(CacheWorker)
         cfg_dict = cfg.to_dict()
         actors = [actor_cls.remote(cfg_dict, allow_random_weights, threads, strict) for _ in range(n_workers)]
         try:
-            info = ray.get(actors[0].describe.remote())
+            info = ray.get([a.describe.remote() for a in actors])[0]  # every worker ready: start-up ends here
         except ray.exceptions.ActorDiedError:
             # Ray hides an actor constructor's exception; building the worker here re-raises the real, clear error
             # (missing weights, bad weights file, ...). Only paid when the actors failed anyway.
@@ -271,6 +275,8 @@ def build_cache(
             raise
         except Exception as exc:
             raise _unwrap(exc) from None
+        phases["workers_ready"] = time.perf_counter() - t_phase - phases["ray_init"]
+        t_phase = time.perf_counter()
         _warn_random(info)
         total = StageTimes()
         total.failures.extend(listing_failures)
@@ -311,6 +317,9 @@ def build_cache(
             ray.get([a.set_codec.remote(codec_path) for a in actors])
             info = {**info, "codec_weights": codec.weights, "codec_channels": codec.channels,
                     "codec_fit": meta.get("codec", {}).get("fit") or _codec_fit_info(codec, sums["codec"], fit_windows, cfg)}
+
+        phases["fit"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
 
         # ---------------- arrays
         specs = array_specs(cfg, info)
@@ -355,13 +364,17 @@ def build_cache(
                     raise CacheError(f"--strict: {original}. Fix or remove that file, or run without --strict to record it and carry on.") from None
                 raise original from None
 
+        phases["encode"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
+
         # ---------------- finalize
         status = _finalize(out, meta, meta_path, manifest, total, complete=(max_shards == 0 or not queue and len(done_shards(out)) == num_shards))
     seconds = time.perf_counter() - t_start
+    phases["finalize"] = time.perf_counter() - t_phase
     ok = int((status == "ok").sum())
     failed = int((status == "failed").sum())
     return CacheSummary(out, n, ok, failed, total.frames, seconds, total.bytes, len(finished), total,
-                        meta.get("codec", {}).get("reconstruction"))
+                        meta.get("codec", {}).get("reconstruction"), phases)
 
 
 def _open_or_create_meta(meta_path: str, settings: dict[str, Any], windows: Sequence[Window], shard_size: int) -> dict[str, Any]:
