@@ -108,7 +108,7 @@ def cache(
     set_: Optional[list[str]] = SetOpt,
     splits: str = typer.Option("train,val", help="Comma-separated splits to cache."),
     ray_address: Optional[str] = typer.Option(None, help="Attach to a running Ray cluster (e.g. auto or ray://host:10001)."),
-    workers: int = typer.Option(0, help="Number of workers (0: one per GPU, else half the CPUs)."),
+    workers: int = typer.Option(0, help="Number of workers (0: one per GPU, with CPU tasks decoding for them; else one per CPU). Each sets its torch threads from the CPUs Ray assigns it."),
     vfm_weights: Optional[str] = typer.Option(None, help="Local VFM weights (timm or official DINOv2 format)."),
     vae_weights: Optional[str] = typer.Option(
         None, "--codec-weights", "--vae-weights",
