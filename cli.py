@@ -112,7 +112,7 @@ def cache(
     set_: Optional[list[str]] = SetOpt,
     splits: str = typer.Option("train,val", help="Comma-separated splits to cache."),
     ray_address: Optional[str] = typer.Option(None, help="Attach to a running Ray cluster (e.g. auto or ray://host:10001)."),
-    workers: int = typer.Option(0, help="Number of workers (0: one per GPU, else half the CPUs)."),
+    workers: int = typer.Option(0, help="Number of workers (0: one per GPU, with CPU tasks decoding for them; else one per CPU). Each sets its torch threads from the CPUs Ray assigns it."),
     vfm_weights: Optional[str] = typer.Option(None, help="Local VFM weights (timm or official DINOv2 format)."),
     vae_weights: Optional[str] = typer.Option(
         None, "--codec-weights", "--vae-weights",
@@ -391,13 +391,18 @@ def bench_cache(
     dataset: str = typer.Option("synthetic", help="Dataset kind of --root."),
     config: str = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
-    workers: int = typer.Option(2, help="Ray workers for the DAG run."),
-    limit: int = typer.Option(8, help="Windows per split to cache."),
+    workers: int = typer.Option(0, help="Ray workers for the DAG run (0: as `cache` plans it: one per GPU, else one per CPU)."),
+    limit: int = typer.Option(8, help="Windows per split to cache (70 gives 140 windows)."),
+    loop_threads: str = typer.Option("", help="Comma-separated torch thread counts to run the sequential loop with; the DAG is compared with the fastest (default: 1 and every core)."),
+    repeats: int = typer.Option(1, help="Run the DAG and the loop this many times, side by side, and report the range."),
 ) -> None:
-    """Frames/s of the Ray DAG vs a plain sequential loop over the same windows, with the time split by stage."""
+    """Frames/s of the Ray DAG vs a plain sequential loop over the same windows, side by side: start-up (Ray and
+    workers) apart from the work, and the work split by stage (decode, VFM, codec, write)."""
     from eval.bench.cache import run
 
-    run(_config(config, set_), dataset=dataset, root=root, workers=workers, limit=limit)
+    threads = tuple(int(t) for t in loop_threads.split(",") if t.strip())
+    run(_config(config, set_), dataset=dataset, root=root, workers=workers, limit=limit, loop_threads=threads,
+        repeats=repeats)
 
 
 @bench_app.command("dit")

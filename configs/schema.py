@@ -137,7 +137,7 @@ class CacheConfig:
     dtype: str = "float16"
     compressor: str = "zstd"
     compression_level: int = 3
-    workers: int = 0  # 0 = one per GPU, else one per 2 CPUs
+    workers: int = 0  # 0 = one per GPU, else one per CPU (pipeline/worker_plan.py); not part of the cache's contents
     strict: bool = False  # fail fast on the first bad input instead of recording it
     # Val windows whose codec reconstruction PSNR is measured in pass 2 (meta.json codec.reconstruction; -1 = all).
     reconstruction_windows: int = 32

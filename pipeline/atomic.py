@@ -41,16 +41,19 @@ def exists(path: str | os.PathLike) -> bool:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary local path next to `path`; on success it is renamed over `path`."""
+def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[str]:
+    """Yield a temporary local path next to `path`; on success it is renamed over `path`. `fsync=False` skips
+    flushing the data to disk before the rename: still never a half-written file after a crashed process, but a
+    power loss may leave an empty one (for files that are regenerated rather than recovered, e.g. sample data)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -58,12 +61,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
     if is_url(path):
         with fsspec.open(str(path), "wb") as f:
             f.write(data)
         return
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync=fsync) as tmp:
         Path(tmp).write_bytes(data)
 
 

@@ -7,15 +7,17 @@ exactly one worker.
 
 from __future__ import annotations
 
+import itertools
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from configs.schema import config_from_dict
+from configs.schema import Config, config_from_dict
 from pipeline import layout
 from pipeline.codec import frame_psnr
 from pipeline.decode import read_frames, read_label
@@ -24,6 +26,7 @@ from pipeline.errors import InputError
 from pipeline.pca import PCA, PCAAccumulator
 from pipeline.store import write_shard
 from pipeline.windows import Window
+from pipeline.worker_plan import WorkerPlan, assigned_resources, plan_worker
 
 
 @dataclass
@@ -62,11 +65,22 @@ class StageTimes:
 
 
 class CacheWorker:
-    def __init__(self, cfg_dict: dict[str, Any], allow_random_weights: bool, threads: int = 0, strict: bool = False):
+    def __init__(self, cfg_dict: dict[str, Any], allow_random_weights: bool, threads: int = 0, strict: bool = False,
+                 write_behind: bool | None = None):
+        """`threads` > 0: torch threads (the plain loop); 0: from the CPUs and GPUs Ray assigned this worker
+        (pipeline/worker_plan.py), or torch's default outside Ray. `write_behind` overrides the plan's."""
         from pipeline.vfm import build_vfm
 
+        resources = assigned_resources()
         if threads > 0:
-            torch.set_num_threads(threads)
+            self.plan = WorkerPlan(threads=threads, prefetch=1, write_behind=False)
+        elif resources is not None:
+            self.plan = plan_worker(resources.get("CPU", 1.0), resources.get("GPU", 0.0))
+        else:
+            self.plan = WorkerPlan(threads=torch.get_num_threads(), prefetch=1, write_behind=False)
+        if write_behind is not None:
+            self.plan = replace(self.plan, write_behind=write_behind)
+        torch.set_num_threads(self.plan.threads)
         self.cfg = config_from_dict(cfg_dict)
         self.device = resolve_device("auto")
         self.allow_random_weights = allow_random_weights
@@ -74,7 +88,9 @@ class CacheWorker:
         self.vfm = build_vfm(self.cfg.vfm, allow_random_weights=allow_random_weights, device=self.device)
         self.codec: Any = None
         self.pca: PCA | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1)  # decodes the next window while the models run
+        self._pool = ThreadPoolExecutor(max_workers=self.plan.prefetch)  # decodes ahead while the models run
+        self._writer = ThreadPoolExecutor(max_workers=1)  # writes the last shard while the next is computed
+        self._writing: Future | None = None
 
     # ------------------------------------------------------------------------------------ info
     def describe(self) -> dict[str, Any]:
@@ -89,6 +105,7 @@ class CacheWorker:
             "codec_weights": None if codec is None else codec.weights,
             "codec_channels": self.cfg.codec.channels if codec is None else codec.channels,
             "device": self.device,
+            "plan": self.plan.line(),
         }
 
     def _codec(self) -> Any:
@@ -109,34 +126,18 @@ class CacheWorker:
 
     # ---------------------------------------------------------------------------------- decoding
     def _decode(self, window: Window, feature_only: bool, labels: bool = True) -> Decoded:
-        t0 = time.perf_counter()
-        w = self.cfg.window
-        out = Decoded()
-        try:
-            indices = [window.indices[i] for i in self.cfg.feature_frame_indices] if feature_only else list(window.indices)
-            out.frames = read_frames(window.clip, indices, w.height, w.width)
-            if labels and not feature_only and window.label_index >= 0:
-                labels = window.clip.labels.get(window.indices[window.label_index], {})
-                if labels.get("segmentation"):
-                    out.segmentation = read_label(labels["segmentation"], w.height, w.width, "segmentation")
-                if labels.get("depth"):
-                    out.depth = read_label(labels["depth"], w.height, w.width, "depth")
-        except InputError as exc:
-            if self.strict:
-                raise
-            out.error = exc
-        out.seconds = time.perf_counter() - t0
-        return out
+        return decode_window(self.cfg, window, feature_only, labels, self.strict)
 
     def _decoded_stream(self, windows: Sequence[Window], feature_only: bool, labels: bool = True):
-        """Yield decoded windows in order, decoding one ahead on a background thread."""
-        if not windows:
-            return
-        pending = self._pool.submit(self._decode, windows[0], feature_only, labels)
-        for i in range(len(windows)):
-            current = pending.result()
-            if i + 1 < len(windows):
-                pending = self._pool.submit(self._decode, windows[i + 1], feature_only, labels)
+        """Yield decoded windows in order, decoding `plan.prefetch` ahead on background threads."""
+        pending: deque[Future] = deque()
+        ahead = iter(windows)
+        for window in itertools.islice(ahead, self.plan.prefetch):
+            pending.append(self._pool.submit(self._decode, window, feature_only, labels))
+        while pending:
+            current = pending.popleft().result()
+            for window in itertools.islice(ahead, 1):
+                pending.append(self._pool.submit(self._decode, window, feature_only, labels))
             yield current
 
     @torch.no_grad()
@@ -216,11 +217,14 @@ class CacheWorker:
         return frame_psnr(decoded, frames)
 
     def process_shard(self, root: str, shard: int, rows: Sequence[tuple[int, Window]], shapes: dict[str, tuple[int, ...]],
-                      check_reconstruction: Sequence[int] = ()) -> StageTimes:
+                      check_reconstruction: Sequence[int] = (), decoded: Sequence[Decoded] | None = None) -> StageTimes:
         """Compute and write every array of one shard, then its completion marker.
 
-        Decoding runs one window ahead on a thread; the VFM runs on the feature frames of several windows at once
-        (vfm.batch_size frames per call); the codec encodes each window as it arrives. Samples listed in
+        Decoding runs `plan.prefetch` windows ahead on threads, unless `decoded` brings the shard's windows
+        already decoded (by decode tasks: `decode_rows`); the VFM runs on the feature frames of several windows at
+        once (vfm.batch_size frames per call); the codec encodes each window as it arrives. With
+        `plan.write_behind` the shard is written on a background thread while the next call computes: the write's
+        time and bytes come back with the next call or `flush()`, which also raises its errors. Samples listed in
         `check_reconstruction` are also decoded again and their per-frame PSNR is recorded in the shard's marker."""
         assert self.pca is not None, "set_pca() must run before pass 2"
         times = StageTimes()
@@ -248,7 +252,8 @@ class CacheWorker:
             pending.clear()
 
         windows = [w for _, w in rows]
-        for j, ((sample, window), dec) in enumerate(zip(rows, self._decoded_stream(windows, feature_only=False))):
+        stream = iter(decoded) if decoded is not None else self._decoded_stream(windows, feature_only=False)
+        for j, ((sample, window), dec) in enumerate(zip(rows, stream)):
             times.decode += dec.seconds
             if dec.error is not None:
                 times.failures.append(_failure(sample, window, dec.error, "decode"))
@@ -275,13 +280,62 @@ class CacheWorker:
                 flush()
         if pending:
             flush()
-        t0 = time.perf_counter()
         extra = None
         if check:
             extra = {"reconstruction": {"psnr_sum": times.psnr_sum, "frames": times.psnr_frames, "windows": times.psnr_windows}}
-        times.bytes = write_shard(root, shard, self.cfg.cache.shard_size, arrays, statuses, extra=extra)
-        times.write = time.perf_counter() - t0
+        job = (root, shard, self.cfg.cache.shard_size, arrays, statuses, extra)
+        if not self.plan.write_behind:
+            times.add(_write(*job))
+            return times
+        times.add(self.flush())  # one shard in writing at a time: memory stays bounded
+        self._writing = self._writer.submit(_write, *job)
         return times
+
+    def flush(self) -> StageTimes:
+        """Wait for the shard being written behind (if any): its write time and bytes; re-raises its error."""
+        writing, self._writing = self._writing, None
+        return writing.result() if writing is not None else StageTimes()
+
+    def close(self) -> None:
+        self.flush()
+        self._pool.shutdown()
+        self._writer.shutdown()
+
+
+def _write(root: str, shard: int, shard_size: int, arrays: dict[str, np.ndarray], statuses: list[dict[str, Any]],
+           extra: dict[str, Any] | None) -> StageTimes:
+    t0 = time.perf_counter()
+    written = write_shard(root, shard, shard_size, arrays, statuses, extra=extra)
+    return StageTimes(write=time.perf_counter() - t0, bytes=written)
+
+
+def decode_window(cfg: Config, window: Window, feature_only: bool = False, labels: bool = True, strict: bool = False
+                  ) -> Decoded:
+    """Read one window's frames (all, or only the feature frames) and its labels at the window size."""
+    t0 = time.perf_counter()
+    w = cfg.window
+    out = Decoded()
+    try:
+        indices = [window.indices[i] for i in cfg.feature_frame_indices] if feature_only else list(window.indices)
+        out.frames = read_frames(window.clip, indices, w.height, w.width)
+        if labels and not feature_only and window.label_index >= 0:
+            paths = window.clip.labels.get(window.indices[window.label_index], {})
+            if paths.get("segmentation"):
+                out.segmentation = read_label(paths["segmentation"], w.height, w.width, "segmentation")
+            if paths.get("depth"):
+                out.depth = read_label(paths["depth"], w.height, w.width, "depth")
+    except InputError as exc:
+        if strict:
+            raise
+        out.error = exc
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def decode_rows(cfg_dict: dict[str, Any], rows: Sequence[tuple[int, Window]], strict: bool = False) -> list[Decoded]:
+    """A decode task (a CPU worker feeding GPU workers): every window of one shard, decoded, in order."""
+    cfg = config_from_dict(cfg_dict)
+    return [decode_window(cfg, window, strict=strict) for _, window in rows]
 
 
 def _video(frames: np.ndarray, device: str | torch.device) -> torch.Tensor:

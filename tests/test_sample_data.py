@@ -111,3 +111,16 @@ def test_bad_arguments():
         write_sample_dataset(Path("unused"), train=0, val=0, progress=False)
     with pytest.raises(ValueError, match="16x32"):
         write_sample_dataset(Path("unused"), height=8, width=8, progress=False)
+
+
+def test_png_encoder_round_trips_through_pillow():
+    import io
+
+    from pipeline.synthetic.png import encode_png
+
+    rng = np.random.default_rng(0)
+    for array in (rng.integers(0, 256, (17, 33, 3), dtype=np.uint8), rng.integers(0, 256, (17, 33), dtype=np.uint8)):
+        decoded = np.asarray(Image.open(io.BytesIO(encode_png(array))))
+        assert decoded.dtype == np.uint8 and np.array_equal(decoded, array)
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(np.zeros((4, 4), np.float32))
