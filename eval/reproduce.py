@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from configs.schema import Config, config_from_dict
+from configs.schema import Config, ConfigError, config_from_dict
 from eval.claims import GENERATION, HOLDS_RULE, SEMANTIC, Comparison, aggregate_rows, judge, speedup
 from pipeline import atomic
 from pipeline.console import console, summary, warn_loud
@@ -287,9 +287,9 @@ def run_reproduce(
     variants = list(variants or VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or RE2PIX not in variants:
-        raise ValueError(f"variants {unknown or variants}: choose from {list(VARIANTS)} (Re2Pix is always needed)")
+        raise ConfigError(f"variants {unknown or variants}: choose from {list(VARIANTS)} (Re2Pix is always needed)")
     if seeds < 1 or steps < 1:
-        raise ValueError(f"seeds={seeds} and steps={steps} must be >= 1")
+        raise ConfigError(f"seeds={seeds} and steps={steps} must be >= 1")
     seed_list = [cfg.seed + i for i in range(seeds)]
 
     # ---- 1. data and cache
