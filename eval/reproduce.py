@@ -194,10 +194,14 @@ def _param_count(checkpoint: str) -> int:
 
 
 def _unlabelled(cache: str) -> bool:
-    from pipeline import layout
-    from pipeline.store import CacheReader
+    """True when no training window has a usable segmentation label (a folder of videos)."""
+    from pipeline.store import CacheError, CacheReader
+    from train.heads import labelled_samples
 
-    return not CacheReader(cache).has(layout.SEGMENTATION)
+    try:
+        return len(labelled_samples(CacheReader(cache), "train", "segmentation")[0]) == 0
+    except CacheError:  # no label array at all
+        return True
 
 
 def prepare_heads(cfg: Config, cache: str, out: Path, workers: int) -> str:
@@ -375,6 +379,7 @@ def run_reproduce(
 
     # ---- 5. claims
     results = build_results(cfg, per_seed, curves, runs, evals, variants, steps, seed_list, dataset, str(root), sweeps)
+    results["estimate"] = estimate_default(runs, evals, timings, seeds=3, steps=LAPTOP_STEPS, windows=VAL_SNIPPETS)
     result.seconds = time.perf_counter() - t_all
     results["seconds"] = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(result.seconds, 1)}
     results["this_call"] = {"trained": result.trained, "evaluated": result.evaluated}
@@ -388,6 +393,38 @@ def run_reproduce(
 
 
 # ------------------------------------------------------------------------------------------------ results
+
+
+def estimate_default(runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int, dict[str, Any]], timings: dict[str, float],
+                     seeds: int, steps: int, windows: int) -> dict[str, Any]:
+    """The default study's time predicted from THIS run's measurements: Stage 2 seconds per step of each variant
+    (finished.json, mean over seeds) x steps x seeds, plus evaluation seconds per (window x generative job) x the
+    same jobs per seed x windows x seeds, plus the shared steps as measured here (data, cache, Stage 1, pool, heads).
+    Runs reused from an earlier call keep the times they were measured with."""
+    per_step: dict[str, list[float]] = {}
+    for variants in runs.values():
+        for v, done in variants.items():
+            per_step.setdefault(v, []).append(float(done.get("seconds_per_step") or 0.0))
+    train = sum(sum(x) / len(x) for x in per_step.values()) * steps * seeds
+    cost, units, jobs_per_seed = 0.0, 0, []
+    for seed_evals in evals.values():
+        jobs_here = 0
+        for metrics in seed_evals.values():
+            jobs = [k for k in (metrics.get("seconds") or {}) if k not in ("reference", "total")]
+            n = int((metrics.get("protocol") or {}).get("windows") or 0)
+            cost += float((metrics.get("seconds") or {}).get("total") or 0.0)
+            units += n * len(jobs)
+            jobs_here += len(jobs)
+        jobs_per_seed.append(jobs_here)
+    per_unit = cost / units if units else 0.0
+    evaluation = per_unit * (max(jobs_per_seed) if jobs_per_seed else 0) * windows * seeds
+    shared = sum(v for k, v in timings.items() if k in ("data", "cache", "stage1", "pool", "heads"))
+    return {"seeds": seeds, "stage2_steps": steps, "windows": windows,
+            "stage2_seconds_per_step": {v: sum(x) / len(x) for v, x in per_step.items()},
+            "eval_seconds_per_window_job": per_unit, "eval_jobs_per_seed": max(jobs_per_seed) if jobs_per_seed else 0,
+            "train_seconds": train, "eval_seconds": evaluation, "shared_seconds": shared,
+            "total_seconds": train + evaluation + shared}
+
 
 
 def claim_specs(variants: list[str], cfg: Config, sweeps: bool) -> dict[str, tuple[list[str], list[Comparison], bool, str]]:

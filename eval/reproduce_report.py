@@ -89,6 +89,9 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
         f"{seconds.get('total', 0):.0f} s (this call; reused runs cost nothing).",
         "",
     ]
+    if (results.get("windows") or 0) < 64:
+        lines += [f"> Only {results['windows']} val windows: differences this small a set shows are hardly measurable "
+                  "(the default synthetic set has 64).", ""]
     random_parts = results["provenance"].get("random_parts") or []
     if random_parts:
         lines += [f"> ⚠️ **RANDOM WEIGHTS** in {', '.join(random_parts)}: the rows are compared on the same random features; "
@@ -132,6 +135,13 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
     for seed, variants in prov.get("stage2", {}).items():
         lines += [f"| {seed} | {v} | {i['checkpoint']} | {i['params']:,} |" for v, i in variants.items()]
     lines += ["", "## Time", "", "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+    est = results.get("estimate") or {}
+    if est:
+        lines += ["", f"Estimated time of the default study ({est['seeds']} seeds, {est['stage2_steps']} Stage 2 steps, "
+                  f"{est['windows']} val windows) from this run's measured step times: {est['total_seconds'] / 60:.0f} min "
+                  f"(Stage 2 training {est['train_seconds'] / 60:.0f} min, evaluation {est['eval_seconds'] / 60:.0f} min at "
+                  f"{est['eval_seconds_per_window_job']:.2f} s per window and generative job x {est['eval_jobs_per_seed']} jobs "
+                  f"per seed, shared steps {est['shared_seconds'] / 60:.0f} min)."]
     lines += ["", "Per-evaluation reports (seed: name -> report.md): see `evaluations` in reproduce.json.", ""]
     return "\n".join(lines)
 
