@@ -507,7 +507,9 @@ def build_results(cfg: Config, per_seed: list[dict[str, dict[str, float | None]]
             "distribution_net": "the cache's VFM + PCA (fd_vfm), no downloaded weights",
             "fid_fvd": "computed with the given weight files" if (cfg.eval.fid_weights or cfg.eval.fvd_weights) else
                        "not computed: no FID/FVD weight files given (eval.fid_weights / eval.fvd_weights)",
-            "random_parts": [p for p in prov.get("random_parts", []) if p not in ("FID Inception", "FVD I3D")],
+            # the Inception / I3D entries only count when real FID / FVD ran (fid_fvd evaluation): fd_vfm needs neither
+            "random_parts": [p for p in prov.get("random_parts", []) if p not in ("FID Inception", "FVD I3D")]
+            + [p for p in ((first.get("fid_fvd") or {}).get("provenance") or {}).get("random_parts", []) if p in ("FID Inception", "FVD I3D")],
         },
         "evaluations": {str(s): {k: (v.get("files") or {}).get("report") for k, v in e.items()} for s, e in evals.items()},
     }

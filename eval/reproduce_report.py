@@ -95,7 +95,9 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
     random_parts = results["provenance"].get("random_parts") or []
     if random_parts:
         lines += [f"> ⚠️ **RANDOM WEIGHTS** in {', '.join(random_parts)}: the rows are compared on the same random features; "
-                  "absolute numbers mean nothing outside this study.", ""]
+                  "absolute numbers mean nothing outside this study"
+                  + ("; FID / FVD from random networks are meaningless" if {"FID Inception", "FVD I3D"} & set(random_parts) else "")
+                  + ".", ""]
     lines += ["## The rule", "", results["rule"], "", f"**FD-VFM**: {results['fd_vfm']}", "",
               f"**Shared parts**: {results['shared']}.", "", "## Summary", "", "| claim | paper | verdict |", "|---|---|---|"]
     lines += [f"| {TITLES.get(k, k)} | {c['paper']} | {_verdict(c)} |" for k, c in claims.items()]
@@ -120,7 +122,11 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
         else:
             if key == "table1":
                 params = results.get("params") or {}
-                lines += ["Parameters: " + ", ".join(f"{v} {n:,}" for v, n in params.items() if n) + ".", ""]
+                lines += ["Parameters: " + ", ".join(f"{v} {n:,}" for v, n in params.items() if n) + "."]
+                if params.get("Baseline-Large") and params.get("Re2Pix"):
+                    more = params["Baseline-Large"] > params["Re2Pix"]
+                    lines.append(f"Baseline-Large has {'more' if more else 'NOT more'} parameters than Re2Pix, as the paper's control requires.")
+                lines.append("")
             lines += table(claim["rows"], refs.get(key)) + [""]
         lines += comparisons(claim) + [""]
     if files.get("grids"):

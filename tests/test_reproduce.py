@@ -57,3 +57,16 @@ def test_reduced_reproduce_writes_the_files_and_resumes(tmp_path):
     assert (run / "finished.json").read_text() == marker
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ckpts
     assert json.loads((tmp_path / "reproduce.json").read_text())["rows"] == results["rows"]
+
+
+def test_cli_reproduce_help_and_bad_variant(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["reproduce", "--help"]).output
+    for option in ("--config", "--dataset", "--root", "--seeds", "--steps", "--out"):
+        assert option in help_text
+    bad = runner.invoke(app, ["reproduce", "--variant", "Nope", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "choose from" in bad.output
