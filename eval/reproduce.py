@@ -240,9 +240,11 @@ def _train_variant(cfg: Config, cache: str, run: Path, steps: int, result: Repro
             return done
     tic = time.perf_counter()
     trained = train_stage2(cfg, cache, str(run), resume=True)
+    seconds = time.perf_counter() - tic
+    run_now = len(trained.losses)  # a resumed run trains only the steps it was missing
     done = {"steps": steps, "seed": cfg.stage2.train.seed, "checkpoint": trained.checkpoint,
-            "params": _param_count(trained.checkpoint), "seconds": time.perf_counter() - tic,
-            "seconds_per_step": (time.perf_counter() - tic) / max(steps, 1), "finished_at": time.time()}
+            "params": _param_count(trained.checkpoint), "seconds": seconds, "steps_run_in_last_call": run_now,
+            "seconds_per_step": seconds / run_now if run_now else None, "finished_at": time.time()}
     atomic.write_json(marker, done)
     result.trained.append(str(run))
     return done
@@ -404,7 +406,8 @@ def estimate_default(runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int
     per_step: dict[str, list[float]] = {}
     for variants in runs.values():
         for v, done in variants.items():
-            per_step.setdefault(v, []).append(float(done.get("seconds_per_step") or 0.0))
+            if done.get("seconds_per_step"):
+                per_step.setdefault(v, []).append(float(done["seconds_per_step"]))
     train = sum(sum(x) / len(x) for x in per_step.values()) * steps * seeds
     cost, units, jobs_per_seed = 0.0, 0, []
     for seed_evals in evals.values():
