@@ -408,7 +408,10 @@ def estimate_default(runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int
         for v, done in variants.items():
             if done.get("seconds_per_step"):
                 per_step.setdefault(v, []).append(float(done["seconds_per_step"]))
-    train = sum(sum(x) / len(x) for x in per_step.values()) * steps * seeds
+    measured = {v: sum(x) / len(x) for v, x in per_step.items()}
+    fallback = sum(measured.values()) / len(measured) if measured else 0.0  # a variant only ever resumed: no clean time
+    names = {v for variants in runs.values() for v in variants}
+    train = sum(measured.get(v, fallback) for v in names) * steps * seeds
     cost, units, jobs_per_seed = 0.0, 0, []
     for seed_evals in evals.values():
         jobs_here = 0
@@ -423,7 +426,7 @@ def estimate_default(runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int
     evaluation = per_unit * (max(jobs_per_seed) if jobs_per_seed else 0) * windows * seeds
     shared = sum(v for k, v in timings.items() if k in ("data", "cache", "stage1", "pool", "heads"))
     return {"seeds": seeds, "stage2_steps": steps, "windows": windows,
-            "stage2_seconds_per_step": {v: sum(x) / len(x) for v, x in per_step.items()},
+            "stage2_seconds_per_step": measured,
             "eval_seconds_per_window_job": per_unit, "eval_jobs_per_seed": max(jobs_per_seed) if jobs_per_seed else 0,
             "train_seconds": train, "eval_seconds": evaluation, "shared_seconds": shared,
             "total_seconds": train + evaluation + shared}
