@@ -364,6 +364,30 @@ def demo(
     summary(result.line())
 
 
+@app.command("reproduce")
+@_friendly_errors
+def reproduce(
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    dataset: str = typer.Option("synthetic", help="synthetic (made here when --root is not given) | videos | cityscapes | nuscenes | kitti | covla."),
+    root: Optional[Path] = typer.Option(None, help="Dataset folder (default: the synthetic set is rendered into --out/sample-data)."),
+    seeds: int = typer.Option(3, help="Seeds per Stage 2 variant (seed, seed+1, ...); `holds` needs at least 2."),
+    steps: Optional[int] = typer.Option(None, help="Stage 2 steps of EVERY variant (default: 200 for tiny, sized for about an hour on 2 cores; the config's for other presets)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: <paths.root>/reproduce). Re-running resumes: finished runs and evaluations are reused."),
+    variants: Optional[list[str]] = typer.Option(None, "--variant", help="Only these Stage 2 variants (repeatable; default: all eight of Tables 1, 3, 4)."),
+    sweeps: bool = typer.Option(True, "--sweeps/--no-sweeps", help="Run Table 5 (components) and appendix 6.2 (guidance) sweeps."),
+    limit: int = typer.Option(0, help="Evaluate at most this many val windows (0: all; the synthetic set has 64)."),
+    workers: int = typer.Option(0, help="Ray workers for the cache step (0: automatic)."),
+    device: str = DeviceOpt,
+) -> None:
+    """The paper's claims (Tables 1, 3, 4, 5, Figure 3, appendix 6.2) measured with seeds: reproduce.json and report.md."""
+    from eval.reproduce import run_reproduce
+
+    cfg = _config(config, set_)
+    run_reproduce(cfg, out or Path(cfg.paths.root) / "reproduce", dataset=dataset, root=root, seeds=seeds, steps=steps,
+                  variants=variants, sweeps=sweeps, eval_limit=limit, workers=workers, device=device)
+
+
 # ------------------------------------------------------------------------------------------ bench
 
 

@@ -1,0 +1,521 @@
+"""`python cli.py reproduce`: the paper's claims measured with seeds, resumable, on one command.
+
+Steps (each resumes on its own, so a killed run continues and a finished one is reused):
+  1. data and cache: the synthetic driving set made here (>= 64 val windows) or the dataset given, cached once;
+  2. Stage 1, its predicted-feature pool and the DPT heads: trained ONCE (seed = the config's), shared by every
+     seed, because what is compared is Stage 2; the Stage 1, copy-last and oracle rows therefore have no spread;
+  3. per seed, every Stage 2 variant trained for the SAME number of steps with `stage2.train.seed = seed`
+     (<out>/runs/seed<S>/<variant>/finished.json marks a finished run: a second call does not rebuild it);
+  4. per seed, `evaluate` on every val window with `seed = seed`, so within a seed every row gets the same noise
+     (common random numbers): Table 1/3/4 rows, Figure 3 (every checkpoint of Re2Pix and Baseline), Table 5
+     (components), appendix 6.2 (guidance). Each evaluation folder gets done.json with its request;
+  5. eval/claims.py aggregates the seeds and applies HOLDS_RULE; reproduce.json and report.md are written.
+
+The distribution metric is `fd_vfm`: the Fréchet distance between the VFM's PCA features (spatially averaged,
+C-dimensional) of every generated future frame and of the real frame at the same position. It is NOT FID: it is
+computed by handing `evaluate` this extractor in place of the Inception network (`metric_nets`), so evaluate's own
+per-evaluation files call the column "FID"; reproduce.json and report.md name it plainly. Real FID/FVD run as one
+more evaluation of the Table 1 rows when `eval.fid_weights` / `eval.fvd_weights` are given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from configs.schema import Config, ConfigError, config_from_dict
+from eval.claims import GENERATION, HOLDS_RULE, SEMANTIC, Comparison, aggregate_rows, judge, speedup
+from pipeline import atomic
+from pipeline.console import console, summary, warn_loud
+
+# Sizes of the default (tiny config, synthetic set), chosen by measurement (README "Reproducing the paper's claims"):
+# 128 training snippets is what the demo measured Stage 1 needs not to memorise; 64 val windows is the issue's floor
+# for differences to be measurable. LAPTOP_STEPS (Stage 2 steps of every variant) is what fits the 60-minute goal:
+# per seed, 8 variants x steps x ~0.3 s/step (batch 4, one free core) plus ~20 evaluation rows x 64 windows x
+# ~0.45 s; see estimate_seconds(), fitted to the reduced run's measured times.
+TRAIN_SNIPPETS = 128
+VAL_SNIPPETS = 64
+LAPTOP_STEPS = 200
+CURVE_POINTS = 4  # checkpoints per Stage 2 run: the points of Figure 3
+
+RE2PIX, BASELINE, LARGE = "Re2Pix", "Baseline", "Baseline-Large"
+REPA, VIDEOREPA = "REPA", "VideoREPA"
+NESTED_OFF, TRUE_ONLY, PRED_ONLY = "Re2Pix, nested dropout off", "Re2Pix, true features only", "Re2Pix, predicted features only"
+STAGE1_ROW, COPY_ROW, ORACLE_ROW = "Re2Pix (Stage 1)", "Copy last frame", "Oracle (true features)"
+
+
+def _plain(s2: dict[str, Any]) -> None:
+    s2["model"]["conditioning"] = "none"
+    s2["mixed_supervision_prob"] = 0.0
+    s2["nested_dropout"] = False
+
+
+def _large(s2: dict[str, Any]) -> None:
+    _plain(s2)
+    d = s2["model"]["depth"]
+    s2["model"]["depth"] = d + max(1, d // 2)  # the paper: 1.5B vs Re2Pix 1.1B; counts are checked and reported
+
+
+def _align(kind: str) -> Callable[[dict[str, Any]], None]:
+    def apply(s2: dict[str, Any]) -> None:
+        _plain(s2)
+        s2["alignment"] = kind
+        s2["align_block"] = min(s2["align_block"], max(1, s2["model"]["depth"] // 2))  # an early block, as REPA's 4 of 14
+
+    return apply
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def apply(s2: dict[str, Any]) -> None:
+        s2[key] = value
+
+    return apply
+
+
+# variant -> (what it is, how the base config's stage2 section changes)
+VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
+    RE2PIX: ("early fusion of Stage 1 features, nested dropout, 90/10 mixed supervision", lambda s2: None),
+    BASELINE: ("the same DiT without features", _plain),
+    LARGE: ("the baseline with 1.5x the DiT blocks (more parameters than Re2Pix)", _large),
+    REPA: ("the baseline + REPA alignment of an early block to the VFM features", _align("repa")),
+    VIDEOREPA: ("the baseline + VideoREPA token-relation alignment", _align("videorepa")),
+    NESTED_OFF: ("Re2Pix trained with all channels always (Table 3)", _set("nested_dropout", False)),
+    TRUE_ONLY: ("Re2Pix trained on true features only (Table 4)", _set("mixed_supervision_prob", 0.0)),
+    PRED_ONLY: ("Re2Pix trained on Stage 1's predicted features only (Table 4)", _set("mixed_supervision_prob", 1.0)),
+}
+FEATURE_VARIANTS = (RE2PIX, NESTED_OFF, TRUE_ONLY, PRED_ONLY)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def variant_config(cfg: Config, variant: str, seed: int, steps: int) -> Config:
+    """The base config with the variant's Stage 2 changes, `steps` Stage 2 steps, CURVE_POINTS checkpoints, `seed`."""
+    data = cfg.to_dict()
+    s2 = data["stage2"]
+    VARIANTS[variant][1](s2)
+    every = max(1, steps // CURVE_POINTS)
+    s2["train"].update(steps=steps, seed=seed, ckpt_every=every, val_every=every)
+    data["seed"] = seed
+    return config_from_dict(data).validate()
+
+
+def guidance_settings(cfg: Config) -> list[tuple[float, int]]:
+    """Appendix 6.2 at this config's size: c over the nested levels below C at w = 0.4 (Table 8), and w in
+    {0.2, 0.4, 0.8} at c = the level nearest C / 9 (the paper's 128 of 1152; Table 9)."""
+    channels = cfg.pca.components
+    levels = [c for c in cfg.stage2.nested_dropout_levels if c < channels]
+    if not levels:
+        return []
+    c0 = min(levels, key=lambda c: abs(c - channels / 9))
+    settings = [(0.4, c) for c in levels] + [(w, c0) for w in (0.2, 0.8)]
+    return list(dict.fromkeys(settings))
+
+
+def components_levels(cfg: Config) -> list[int]:
+    return [c for c in cfg.stage2.nested_dropout_levels if c < cfg.pca.components]
+
+
+# ------------------------------------------------------------------------------------ the distribution metric
+
+
+class VFMFeatureNet(nn.Module):
+    """uint8 frames [N, 3, H, W] -> the VFM's PCA coefficients averaged over space [N, C] (for fd_vfm, NOT FID)."""
+
+    def __init__(self, vfm: Any, pca: Any, batch: int = 32):
+        super().__init__()
+        self.vfm, self.pca, self.batch = vfm, pca, batch
+        self.dim = int(pca.n_components)
+        self.weights = f"vfm-pca:{pca.fingerprint}"  # evaluate records this as the 'FID' network's provenance
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        out = []
+        for chunk in frames.split(self.batch):
+            maps = self.pca.project_maps(self.vfm(chunk.float() / 255.0).float())
+            out.append(maps.mean(dim=(2, 3)).double())
+        return torch.cat(out)
+
+
+def vfm_metric_nets(cfg: Config, cache: str, device: str | None) -> Any:
+    from eval.scoring import MetricNets
+    from eval.predict import build_frozen_vfm
+    from pipeline.device import resolve_device
+    from pipeline.store import CacheReader
+
+    reader = CacheReader(cache)
+    dev = resolve_device(device)
+    vfm = build_frozen_vfm(reader.meta, cfg.to_dict(), None, True, dev)
+    pca = reader.pca().to(device=dev, dtype=torch.float32)
+    return MetricNets(fid=VFMFeatureNet(vfm, pca, int(cfg.vfm.batch_size)), fvd=None)
+
+
+# --------------------------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class Reproduction:
+    out: Path
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)  # runs trained in this call (the rest were reused)
+    evaluated: list[str] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        claims = self.results.get("claims", {})
+        held = ", ".join(f"{k} {'holds' if v.get('holds') else 'n/a' if v.get('holds') is None else 'does not hold'}"
+                         for k, v in claims.items())
+        return (f"reproduce: {self.seconds:.0f} s ({len(self.trained)} runs trained, {len(self.evaluated)} evaluations run, "
+                f"the rest reused); {held}; report: {self.out / 'report.md'}")
+
+
+def _timed(timings: dict[str, float], key: str, fn: Callable[[], Any]) -> Any:
+    tic = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - tic
+
+
+def _param_count(checkpoint: str) -> int:
+    from train import checkpoint as ckpt
+
+    state, _ = ckpt.read_weights(checkpoint, prefer_ema=False)
+    return int(sum(t.numel() for t in state.values()))
+
+
+def _unlabelled(cache: str) -> bool:
+    """True when no training window has a usable segmentation label (a folder of videos)."""
+    from pipeline.store import CacheError, CacheReader
+    from train.heads import labelled_samples
+
+    try:
+        return len(labelled_samples(CacheReader(cache), "train", "segmentation")[0]) == 0
+    except CacheError:  # no label array at all
+        return True
+
+
+def prepare_heads(cfg: Config, cache: str, out: Path, workers: int) -> str:
+    """The heads folder for `cache`. An unlabelled dataset (a folder of videos) cannot train heads, but evaluate needs
+    some on the same VFM and PCA: they are trained on a small synthetic set cached with this cache's PCA. They score
+    nothing here (the val windows have no labels: mIoU / depth are n/a); they only let the protocol run."""
+    from pipeline.dag import build_cache
+    from pipeline.synthetic import write_sample_dataset
+    from train.heads import train_heads
+
+    heads = out / "heads"
+    if not _unlabelled(cache):
+        train_heads(cfg, cache, str(heads), resume=True)
+        return str(heads)
+    data = cfg.to_dict()
+    data["pca"]["checkpoint"] = str(Path(cache) / "pca.safetensors")
+    head_cfg = config_from_dict(data).validate()
+    labelled = out / "heads-data"
+    if not (labelled / "leftImg8bit_sequence").exists():
+        write_sample_dataset(labelled, train=8, val=2, height=cfg.window.height, width=cfg.window.width, seed=cfg.seed,
+                             workers=os.cpu_count() or 1)
+    head_cache = out / "cache" / "heads-synthetic"
+    build_cache(head_cfg, "synthetic", labelled, head_cache, workers=workers, allow_random_weights=True)
+    train_heads(head_cfg, str(head_cache), str(heads), resume=True)
+    return str(heads)
+
+
+def _train_variant(cfg: Config, cache: str, run: Path, steps: int, result: Reproduction) -> dict[str, Any]:
+    """Train (or resume, or reuse) one Stage 2 run; returns its finished.json."""
+    from train.stage2 import train_stage2
+
+    marker = run / "finished.json"
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("steps") == steps:
+            return done
+    tic = time.perf_counter()
+    trained = train_stage2(cfg, cache, str(run), resume=True)
+    seconds = time.perf_counter() - tic
+    run_now = len(trained.losses)  # a resumed run trains only the steps it was missing
+    done = {"steps": steps, "seed": cfg.stage2.train.seed, "checkpoint": trained.checkpoint,
+            "params": _param_count(trained.checkpoint), "seconds": seconds, "steps_run_in_last_call": run_now,
+            "seconds_per_step": seconds / run_now if run_now else None, "finished_at": time.time()}
+    atomic.write_json(marker, done)
+    result.trained.append(str(run))
+    return done
+
+
+def _evaluate(cfg: Config, request: dict[str, Any], folder: Path, nets: Any, result: Reproduction, **kw: Any) -> dict[str, Any]:
+    """One `evaluate` call, reused when done.json holds the same request."""
+    from eval.evaluate import evaluate
+
+    marker = folder / "done.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("request") == request and (folder / "metrics.json").is_file():
+        return json.loads((folder / "metrics.json").read_text())
+    tic = time.perf_counter()
+    metrics = evaluate(cfg, out=str(folder), allow_random_weights=True, metric_nets=nets, allow_random_metric_weights=True, **kw)
+    atomic.write_json(marker, {"request": request, "seconds": time.perf_counter() - tic})
+    result.evaluated.append(str(folder))
+    return metrics
+
+
+def _row_metrics(row: dict[str, Any], fd_name: str = "fd_vfm") -> dict[str, float | None]:
+    """One evaluate row -> {metric: value of this seed} (mean over its samples); evaluate's 'fid' column is fd_vfm."""
+    m = row.get("metrics") or {}
+    out = {k: (m.get(k) or {}).get("mean") for k in SEMANTIC + ("psnr", "ssim")}
+    out[fd_name] = (m.get("fid") or {}).get("mean")
+    return out
+
+
+def run_reproduce(
+    cfg: Config, out: Path | str, *, dataset: str = "synthetic", root: Path | str | None = None, seeds: int = 3,
+    steps: int | None = None, variants: list[str] | None = None, sweeps: bool = True,
+    train_snippets: int = TRAIN_SNIPPETS, val_snippets: int = VAL_SNIPPETS, workers: int = 0, eval_limit: int = 0,
+    device: str | None = None,
+) -> Reproduction:
+    """Run (or resume) the whole study into `out`; returns what was done and the results written to reproduce.json."""
+    from eval.reproduce_report import write_reproduction
+    from pipeline.dag import build_cache
+    from pipeline.synthetic import write_sample_dataset
+    from train.pool import make_predicted_pool
+    from train.stage1 import train_stage1
+
+    out = Path(out)
+    t_all = time.perf_counter()
+    result = Reproduction(out=out)
+    timings = result.timings
+    steps = int(steps or (LAPTOP_STEPS if cfg.name == "tiny" else cfg.stage2.train.steps))
+    variants = list(variants or VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or RE2PIX not in variants:
+        raise ConfigError(f"variants {unknown or variants}: choose from {list(VARIANTS)} (Re2Pix is always needed)")
+    if seeds < 1 or steps < 1:
+        raise ConfigError(f"seeds={seeds} and steps={steps} must be >= 1")
+    seed_list = [cfg.seed + i for i in range(seeds)]
+
+    # ---- 1. data and cache
+    if root is None:
+        if dataset != "synthetic":
+            raise FileNotFoundError(f"--dataset {dataset} needs --root PATH (the dataset folder); only 'synthetic' is made here")
+        root = out / "sample-data"
+        if not (root / "leftImg8bit_sequence").exists():
+            console.rule("[bold]reproduce: make the synthetic set")
+            _timed(timings, "data", lambda: write_sample_dataset(
+                root, train=train_snippets, val=val_snippets, height=cfg.window.height, width=cfg.window.width,
+                seed=cfg.seed, workers=os.cpu_count() or 1))
+    cache = str(out / "cache" / dataset)
+    console.rule("[bold]reproduce: cache")
+    _timed(timings, "cache", lambda: build_cache(cfg, dataset, root, cache, workers=workers, allow_random_weights=True))
+
+    # ---- 2. shared: Stage 1, pool, heads
+    stage1 = str(out / "stage1")
+    console.rule("[bold]reproduce: Stage 1, pool, heads (shared by every seed)")
+    _timed(timings, "stage1", lambda: train_stage1(cfg, cache, stage1, resume=True))
+    if any(v in variants for v in (RE2PIX, NESTED_OFF, PRED_ONLY)):
+        _timed(timings, "pool", lambda: make_predicted_pool(cache, stage1))
+    heads = _timed(timings, "heads", lambda: prepare_heads(cfg, cache, out, workers))
+
+    # ---- 3. Stage 2 variants per seed
+    runs: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in seed_list:
+        for variant in variants:
+            console.rule(f"[bold]reproduce: seed {seed}, {variant} ({steps} steps)")
+            run = out / "runs" / f"seed{seed}" / slug(variant)
+            done = _timed(timings, f"train {variant}", lambda: _train_variant(
+                variant_config(cfg, variant, seed, steps), cache, run, steps, result))
+            runs.setdefault(seed, {})[variant] = {**done, "run": str(run)}
+
+    # ---- 4. evaluations per seed
+    nets = vfm_metric_nets(cfg, cache, device)
+    real_nets = bool(cfg.eval.fid_weights or cfg.eval.fvd_weights)
+    per_seed: list[dict[str, dict[str, float | None]]] = []
+    curves: dict[int, dict[str, list[tuple[int, dict[str, float | None]]]]] = {}
+    evals: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in seed_list:
+        data = cfg.to_dict()
+        data["seed"] = seed
+        eval_cfg = config_from_dict(data).validate()
+        base = out / "evals" / f"seed{seed}"
+        run_of = {v: runs[seed][v]["run"] for v in variants}
+        common = {"cache": cache, "heads": heads, "stage1": stage1, "limit": eval_limit, "device": device}
+        request = {"seed": seed, "steps": steps, "limit": eval_limit}
+        rows: dict[str, dict[str, float | None]] = {}
+        seed_evals: dict[str, dict[str, Any]] = {}
+
+        def run_eval(name: str, stage2_runs: dict[str, str], nets_: Any = nets, **kw: Any) -> dict[str, Any]:
+            console.rule(f"[bold]reproduce: seed {seed}, evaluate {name}")
+            metrics = _timed(timings, f"evaluate {name.split('_')[0]}", lambda: _evaluate(
+                eval_cfg, {**request, "name": name, "runs": stage2_runs, **{k: v for k, v in kw.items()}}, base / name, nets_,
+                result, stage2_runs=stage2_runs, **common, **kw))
+            seed_evals[name] = metrics
+            return metrics
+
+        main = {v: run_of[v] for v in (RE2PIX, BASELINE) if v in run_of}
+        fig = run_eval("figure3", main, all_checkpoints=BASELINE in main)
+        for name, row in fig["rows"].items():
+            rows[name] = _row_metrics(row)
+        curves[seed] = {run: [(e["step"], _row_metrics({"metrics": e["metrics"]})) for e in entries] for run, entries in fig["steps"].items()}
+        others = {v: run_of[v] for v in variants if v not in main}
+        if others:
+            for name, row in run_eval("variants", others)["rows"].items():
+                if name in others:
+                    rows[name] = _row_metrics(row)
+        if sweeps:
+            for c in components_levels(cfg):
+                rows[f"Re2Pix, C = {c}"] = _row_metrics(run_eval(f"components_{c}", {RE2PIX: run_of[RE2PIX]}, components=c)["rows"][RE2PIX])
+            for w, c in guidance_settings(cfg):
+                got = run_eval(f"guidance_w{w}_c{c}", {RE2PIX: run_of[RE2PIX]}, guidance_weight=w, guidance_components=c)
+                rows[f"Re2Pix, guidance w = {w}, c = {c}"] = _row_metrics(got["rows"][RE2PIX])
+        if real_nets:  # FID / FVD with the weight files given, on the Table 1 rows
+            real = run_eval("fid_fvd", {v: run_of[v] for v in variants}, nets_=None, fid_fvd=True)
+            for name, row in real["rows"].items():
+                m = row.get("metrics") or {}
+                rows.setdefault(name, {}).update(fid=(m.get("fid") or {}).get("mean"), fvd=(m.get("fvd") or {}).get("mean"))
+        per_seed.append(rows)
+        evals[seed] = seed_evals
+
+    # ---- 5. claims
+    results = build_results(cfg, per_seed, curves, runs, evals, variants, steps, seed_list, dataset, str(root), sweeps)
+    results["estimate"] = estimate_default(runs, evals, timings, seeds=3, steps=LAPTOP_STEPS, windows=VAL_SNIPPETS)
+    result.seconds = time.perf_counter() - t_all
+    results["seconds"] = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(result.seconds, 1)}
+    results["this_call"] = {"trained": result.trained, "evaluated": result.evaluated}
+    result.results = results
+    write_reproduction(results, out, evals[seed_list[0]])
+    summary(result.line())
+    if any(p for p in results["provenance"].get("random_parts", [])):
+        warn_loud("reproduce ran with RANDOM VFM weights (no weights offline): the study compares methods on the same "
+                  "random features; absolute numbers mean nothing outside this run (report.md says so)")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ results
+
+
+def estimate_default(runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int, dict[str, Any]], timings: dict[str, float],
+                     seeds: int, steps: int, windows: int) -> dict[str, Any]:
+    """The default study's time predicted from THIS run's measurements: Stage 2 seconds per step of each variant
+    (finished.json, mean over seeds) x steps x seeds, plus evaluation seconds per (window x generative job) x the
+    same jobs per seed x windows x seeds, plus the shared steps as measured here (data, cache, Stage 1, pool, heads).
+    Runs reused from an earlier call keep the times they were measured with."""
+    per_step: dict[str, list[float]] = {}
+    for variants in runs.values():
+        for v, done in variants.items():
+            if done.get("seconds_per_step"):
+                per_step.setdefault(v, []).append(float(done["seconds_per_step"]))
+    measured = {v: sum(x) / len(x) for v, x in per_step.items()}
+    fallback = sum(measured.values()) / len(measured) if measured else 0.0  # a variant only ever resumed: no clean time
+    names = {v for variants in runs.values() for v in variants}
+    train = sum(measured.get(v, fallback) for v in names) * steps * seeds
+    cost, units, jobs_per_seed = 0.0, 0, []
+    for seed_evals in evals.values():
+        jobs_here = 0
+        for metrics in seed_evals.values():
+            jobs = [k for k in (metrics.get("seconds") or {}) if k not in ("reference", "total")]
+            n = int((metrics.get("protocol") or {}).get("windows") or 0)
+            cost += float((metrics.get("seconds") or {}).get("total") or 0.0)
+            units += n * len(jobs)
+            jobs_here += len(jobs)
+        jobs_per_seed.append(jobs_here)
+    per_unit = cost / units if units else 0.0
+    evaluation = per_unit * (max(jobs_per_seed) if jobs_per_seed else 0) * windows * seeds
+    shared = sum(v for k, v in timings.items() if k in ("data", "cache", "stage1", "pool", "heads"))
+    return {"seeds": seeds, "stage2_steps": steps, "windows": windows,
+            "stage2_seconds_per_step": measured,
+            "eval_seconds_per_window_job": per_unit, "eval_jobs_per_seed": max(jobs_per_seed) if jobs_per_seed else 0,
+            "train_seconds": train, "eval_seconds": evaluation, "shared_seconds": shared,
+            "total_seconds": train + evaluation + shared}
+
+
+
+def claim_specs(variants: list[str], cfg: Config, sweeps: bool) -> dict[str, tuple[list[str], list[Comparison], bool, str]]:
+    """claim -> (rows shown, comparisons, any_of, what the paper says). Only rows that were run are compared."""
+    have = set(variants)
+    t1 = [v for v in (RE2PIX, BASELINE, LARGE, REPA, VIDEOREPA) if v in have]
+    specs = {
+        "table1": (t1 + [STAGE1_ROW, COPY_ROW, ORACLE_ROW],
+                   [Comparison(RE2PIX, v) for v in t1 if v != RE2PIX] + ([Comparison(LARGE, BASELINE)] if {LARGE, BASELINE} <= have else []),
+                   False, "Re2Pix beats every baseline on every metric; Baseline-Large beats Baseline but not Re2Pix (Table 1)"),
+    }
+    if NESTED_OFF in have:
+        specs["nested_dropout"] = ([NESTED_OFF, RE2PIX], [Comparison(RE2PIX, NESTED_OFF)], False,
+                                   "nested dropout improves every metric, most of all generation quality (Table 3)")
+    mixed = [Comparison(RE2PIX, TRUE_ONLY, GENERATION)] if TRUE_ONLY in have else []
+    mixed += [Comparison(RE2PIX, PRED_ONLY, SEMANTIC)] if PRED_ONLY in have else []
+    if mixed:
+        specs["mixed_supervision"] = ([r for r in (TRUE_ONLY, PRED_ONLY, RE2PIX) if r in have], mixed, False,
+                                      "90/10 mixing generates better than true-only and keeps semantics better than "
+                                      "predicted-only (Table 4)")
+    if sweeps:
+        levels = components_levels(cfg)
+        specs["components"] = ([f"Re2Pix, C = {c}" for c in levels] + [RE2PIX],
+                               [Comparison(RE2PIX, f"Re2Pix, C = {c}", SEMANTIC) for c in levels], False,
+                               f"all C = {cfg.pca.components} channels give the best semantic consistency; fewer degrade "
+                               "gracefully (Table 5)")
+        g = [f"Re2Pix, guidance w = {w}, c = {c}" for w, c in guidance_settings(cfg)]
+        specs["guidance"] = (g + [RE2PIX], [Comparison(r, RE2PIX) for r in g], True,
+                             "some (c, w) improves semantic fidelity or generation quality over no guidance (appendix 6.2)")
+    return specs
+
+
+def build_results(cfg: Config, per_seed: list[dict[str, dict[str, float | None]]], curves: dict[int, Any],
+                  runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int, dict[str, Any]], variants: list[str],
+                  steps: int, seeds: list[int], dataset: str, root: str, sweeps: bool) -> dict[str, Any]:
+    rows = aggregate_rows(per_seed)
+    claims: dict[str, Any] = {}
+    for name, (shown, comparisons, any_of, paper) in claim_specs(variants, cfg, sweeps).items():
+        claims[name] = {"paper": paper, "rows": {r: rows[r] for r in shown if r in rows}, **judge(rows, comparisons, any_of)}
+
+    if BASELINE in variants:  # Figure 3: per step, per seed; the rule at every step, the speed-up per seed
+        step_rows: list[dict[str, dict[str, float | None]]] = []
+        speedups: dict[str, list[dict[str, Any]]] = {}
+        for seed in seeds:
+            c = curves.get(seed, {})
+            step_rows.append({f"{run} @ {s}": m for run, pts in c.items() for s, m in pts})
+            for metric in ("fd_vfm", "psnr", "ssim", "miou"):
+                speedups.setdefault(metric, []).append(speedup(
+                    [(s, m.get(metric)) for s, m in c.get(RE2PIX, [])], [(s, m.get(metric)) for s, m in c.get(BASELINE, [])], metric))
+        curve_rows = aggregate_rows(step_rows)
+        points = sorted({s for c in curves.values() for pts in c.values() for s, _ in pts})
+        judged = judge(curve_rows, [Comparison(f"{RE2PIX} @ {s}", f"{BASELINE} @ {s}", ("fd_vfm", "psnr", "ssim", "miou")) for s in points])
+        claims["convergence"] = {
+            "paper": "Re2Pix is better than the baseline at every checkpoint; the baseline needs 7x (generation) and 14x "
+                     "(segmentation) the steps to reach Re2Pix's values (Figure 3)",
+            "rows": curve_rows, "steps": points, "speedup": speedups, **judged,
+        }
+
+    first = evals[seeds[0]]
+    prov = (first.get("figure3") or {}).get("provenance") or {}
+    params = {v: runs[seeds[0]][v].get("params") for v in variants}
+    return {
+        "rule": HOLDS_RULE,
+        "dataset": dataset, "root": root, "config": cfg.name, "seeds": seeds, "stage2_steps": steps,
+        "windows": ((first.get("figure3") or {}).get("protocol") or {}).get("windows"),
+        "variants": {v: VARIANTS[v][0] for v in variants},
+        "params": params,
+        "fd_vfm": "Fréchet distance between the VFM's PCA features (spatially averaged) of every generated future frame "
+                  "and of the real frame at the same position. It is NOT FID (no Inception network).",
+        "shared": "the cache, Stage 1, its pool and the heads are trained once (config seed) and shared by every seed; "
+                  "seeds vary Stage 2 (weights, data order, noise) and the sampling noise of the evaluation",
+        "claims": claims,
+        "rows": rows,
+        "per_seed": {str(s): r for s, r in zip(seeds, per_seed)},
+        "runs": {str(s): r for s, r in runs.items()},
+        "provenance": {
+            "vfm": prov.get("vfm"), "codec": prov.get("codec"), "pca_fingerprint": prov.get("pca_fingerprint"),
+            "heads": prov.get("heads"), "stage1": prov.get("stage1"),
+            "stage2": {str(s): {v: {"checkpoint": r.get("checkpoint"), "params": r.get("params")} for v, r in rs.items()} for s, rs in runs.items()},
+            "distribution_net": "the cache's VFM + PCA (fd_vfm), no downloaded weights",
+            "fid_fvd": "computed with the given weight files" if (cfg.eval.fid_weights or cfg.eval.fvd_weights) else
+                       "not computed: no FID/FVD weight files given (eval.fid_weights / eval.fvd_weights)",
+            # the Inception / I3D entries only count when real FID / FVD ran (fid_fvd evaluation): fd_vfm needs neither
+            "random_parts": [p for p in prov.get("random_parts", []) if p not in ("FID Inception", "FVD I3D")]
+            + [p for p in ((first.get("fid_fvd") or {}).get("provenance") or {}).get("random_parts", []) if p in ("FID Inception", "FVD I3D")],
+        },
+        "evaluations": {str(s): {k: (v.get("files") or {}).get("report") for k, v in e.items()} for s, e in evals.items()},
+    }
