@@ -31,98 +31,32 @@ import torch
 from torch import nn
 
 from configs.schema import Config, ConfigError, config_from_dict
-from eval.claims import GENERATION, HOLDS_RULE, SEMANTIC, Comparison, aggregate_rows, judge, speedup
+from eval.claims import HOLDS_RULE, SEMANTIC, build_results, claim_specs, estimate_default  # noqa: F401
+from eval.variants import (  # noqa: F401  (re-exported: the study's vocabulary)
+    BASELINE,
+    COPY_ROW,
+    CURVE_POINTS,
+    FEATURE_VARIANTS,
+    LAPTOP_STEPS,
+    LARGE,
+    NESTED_OFF,
+    ORACLE_ROW,
+    PRED_ONLY,
+    RE2PIX,
+    REPA,
+    STAGE1_ROW,
+    TRAIN_SNIPPETS,
+    TRUE_ONLY,
+    VAL_SNIPPETS,
+    VARIANTS,
+    VIDEOREPA,
+    components_levels,
+    guidance_settings,
+    slug,
+    variant_config,
+)
 from pipeline import atomic
 from pipeline.console import console, summary, warn_loud
-
-# Sizes of the default (tiny config, synthetic set), chosen by measurement (README "Reproducing the paper's claims"):
-# 128 training snippets is what the demo measured Stage 1 needs not to memorise; 64 val windows is the issue's floor
-# for differences to be measurable. LAPTOP_STEPS (Stage 2 steps of every variant) is what fits the 60-minute goal:
-# per seed, 8 variants x steps x ~0.3 s/step (batch 4, one free core) plus ~20 evaluation rows x 64 windows x
-# ~0.45 s; see estimate_seconds(), fitted to the reduced run's measured times.
-TRAIN_SNIPPETS = 128
-VAL_SNIPPETS = 64
-LAPTOP_STEPS = 200
-CURVE_POINTS = 4  # checkpoints per Stage 2 run: the points of Figure 3
-
-RE2PIX, BASELINE, LARGE = "Re2Pix", "Baseline", "Baseline-Large"
-REPA, VIDEOREPA = "REPA", "VideoREPA"
-NESTED_OFF, TRUE_ONLY, PRED_ONLY = "Re2Pix, nested dropout off", "Re2Pix, true features only", "Re2Pix, predicted features only"
-STAGE1_ROW, COPY_ROW, ORACLE_ROW = "Re2Pix (Stage 1)", "Copy last frame", "Oracle (true features)"
-
-
-def _plain(s2: dict[str, Any]) -> None:
-    s2["model"]["conditioning"] = "none"
-    s2["mixed_supervision_prob"] = 0.0
-    s2["nested_dropout"] = False
-
-
-def _large(s2: dict[str, Any]) -> None:
-    _plain(s2)
-    d = s2["model"]["depth"]
-    s2["model"]["depth"] = d + max(1, d // 2)  # the paper: 1.5B vs Re2Pix 1.1B; counts are checked and reported
-
-
-def _align(kind: str) -> Callable[[dict[str, Any]], None]:
-    def apply(s2: dict[str, Any]) -> None:
-        _plain(s2)
-        s2["alignment"] = kind
-        s2["align_block"] = min(s2["align_block"], max(1, s2["model"]["depth"] // 2))  # an early block, as REPA's 4 of 14
-
-    return apply
-
-
-def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def apply(s2: dict[str, Any]) -> None:
-        s2[key] = value
-
-    return apply
-
-
-# variant -> (what it is, how the base config's stage2 section changes)
-VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
-    RE2PIX: ("early fusion of Stage 1 features, nested dropout, 90/10 mixed supervision", lambda s2: None),
-    BASELINE: ("the same DiT without features", _plain),
-    LARGE: ("the baseline with 1.5x the DiT blocks (more parameters than Re2Pix)", _large),
-    REPA: ("the baseline + REPA alignment of an early block to the VFM features", _align("repa")),
-    VIDEOREPA: ("the baseline + VideoREPA token-relation alignment", _align("videorepa")),
-    NESTED_OFF: ("Re2Pix trained with all channels always (Table 3)", _set("nested_dropout", False)),
-    TRUE_ONLY: ("Re2Pix trained on true features only (Table 4)", _set("mixed_supervision_prob", 0.0)),
-    PRED_ONLY: ("Re2Pix trained on Stage 1's predicted features only (Table 4)", _set("mixed_supervision_prob", 1.0)),
-}
-FEATURE_VARIANTS = (RE2PIX, NESTED_OFF, TRUE_ONLY, PRED_ONLY)
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
-
-
-def variant_config(cfg: Config, variant: str, seed: int, steps: int) -> Config:
-    """The base config with the variant's Stage 2 changes, `steps` Stage 2 steps, CURVE_POINTS checkpoints, `seed`."""
-    data = cfg.to_dict()
-    s2 = data["stage2"]
-    VARIANTS[variant][1](s2)
-    every = max(1, steps // CURVE_POINTS)
-    s2["train"].update(steps=steps, seed=seed, ckpt_every=every, val_every=every)
-    data["seed"] = seed
-    return config_from_dict(data).validate()
-
-
-def guidance_settings(cfg: Config) -> list[tuple[float, int]]:
-    """Appendix 6.2 at this config's size: c over the nested levels below C at w = 0.4 (Table 8), and w in
-    {0.2, 0.4, 0.8} at c = the level nearest C / 9 (the paper's 128 of 1152; Table 9)."""
-    channels = cfg.pca.components
-    levels = [c for c in cfg.stage2.nested_dropout_levels if c < channels]
-    if not levels:
-        return []
-    c0 = min(levels, key=lambda c: abs(c - channels / 9))
-    settings = [(0.4, c) for c in levels] + [(w, c0) for w in (0.2, 0.8)]
-    return list(dict.fromkeys(settings))
-
-
-def components_levels(cfg: Config) -> list[int]:
-    return [c for c in cfg.stage2.nested_dropout_levels if c < cfg.pca.components]
-
 
 # ------------------------------------------------------------------------------------ the distribution metric
 
@@ -146,8 +80,8 @@ class VFMFeatureNet(nn.Module):
 
 
 def vfm_metric_nets(cfg: Config, cache: str, device: str | None) -> Any:
-    from eval.scoring import MetricNets
     from eval.predict import build_frozen_vfm
+    from eval.scoring import MetricNets
     from pipeline.device import resolve_device
     from pipeline.store import CacheReader
 
@@ -392,130 +326,3 @@ def run_reproduce(
         warn_loud("reproduce ran with RANDOM VFM weights (no weights offline): the study compares methods on the same "
                   "random features; absolute numbers mean nothing outside this run (report.md says so)")
     return result
-
-
-# ------------------------------------------------------------------------------------------------ results
-
-
-def estimate_default(runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int, dict[str, Any]], timings: dict[str, float],
-                     seeds: int, steps: int, windows: int) -> dict[str, Any]:
-    """The default study's time predicted from THIS run's measurements: Stage 2 seconds per step of each variant
-    (finished.json, mean over seeds) x steps x seeds, plus evaluation seconds per (window x generative job) x the
-    same jobs per seed x windows x seeds, plus the shared steps as measured here (data, cache, Stage 1, pool, heads).
-    Runs reused from an earlier call keep the times they were measured with."""
-    per_step: dict[str, list[float]] = {}
-    for variants in runs.values():
-        for v, done in variants.items():
-            if done.get("seconds_per_step"):
-                per_step.setdefault(v, []).append(float(done["seconds_per_step"]))
-    measured = {v: sum(x) / len(x) for v, x in per_step.items()}
-    fallback = sum(measured.values()) / len(measured) if measured else 0.0  # a variant only ever resumed: no clean time
-    names = {v for variants in runs.values() for v in variants}
-    train = sum(measured.get(v, fallback) for v in names) * steps * seeds
-    cost, units, jobs_per_seed = 0.0, 0, []
-    for seed_evals in evals.values():
-        jobs_here = 0
-        for metrics in seed_evals.values():
-            jobs = [k for k in (metrics.get("seconds") or {}) if k not in ("reference", "total")]
-            n = int((metrics.get("protocol") or {}).get("windows") or 0)
-            cost += float((metrics.get("seconds") or {}).get("total") or 0.0)
-            units += n * len(jobs)
-            jobs_here += len(jobs)
-        jobs_per_seed.append(jobs_here)
-    per_unit = cost / units if units else 0.0
-    evaluation = per_unit * (max(jobs_per_seed) if jobs_per_seed else 0) * windows * seeds
-    shared = sum(v for k, v in timings.items() if k in ("data", "cache", "stage1", "pool", "heads"))
-    return {"seeds": seeds, "stage2_steps": steps, "windows": windows,
-            "stage2_seconds_per_step": measured,
-            "eval_seconds_per_window_job": per_unit, "eval_jobs_per_seed": max(jobs_per_seed) if jobs_per_seed else 0,
-            "train_seconds": train, "eval_seconds": evaluation, "shared_seconds": shared,
-            "total_seconds": train + evaluation + shared}
-
-
-
-def claim_specs(variants: list[str], cfg: Config, sweeps: bool) -> dict[str, tuple[list[str], list[Comparison], bool, str]]:
-    """claim -> (rows shown, comparisons, any_of, what the paper says). Only rows that were run are compared."""
-    have = set(variants)
-    t1 = [v for v in (RE2PIX, BASELINE, LARGE, REPA, VIDEOREPA) if v in have]
-    specs = {
-        "table1": (t1 + [STAGE1_ROW, COPY_ROW, ORACLE_ROW],
-                   [Comparison(RE2PIX, v) for v in t1 if v != RE2PIX] + ([Comparison(LARGE, BASELINE)] if {LARGE, BASELINE} <= have else []),
-                   False, "Re2Pix beats every baseline on every metric; Baseline-Large beats Baseline but not Re2Pix (Table 1)"),
-    }
-    if NESTED_OFF in have:
-        specs["nested_dropout"] = ([NESTED_OFF, RE2PIX], [Comparison(RE2PIX, NESTED_OFF)], False,
-                                   "nested dropout improves every metric, most of all generation quality (Table 3)")
-    mixed = [Comparison(RE2PIX, TRUE_ONLY, GENERATION)] if TRUE_ONLY in have else []
-    mixed += [Comparison(RE2PIX, PRED_ONLY, SEMANTIC)] if PRED_ONLY in have else []
-    if mixed:
-        specs["mixed_supervision"] = ([r for r in (TRUE_ONLY, PRED_ONLY, RE2PIX) if r in have], mixed, False,
-                                      "90/10 mixing generates better than true-only and keeps semantics better than "
-                                      "predicted-only (Table 4)")
-    if sweeps:
-        levels = components_levels(cfg)
-        specs["components"] = ([f"Re2Pix, C = {c}" for c in levels] + [RE2PIX],
-                               [Comparison(RE2PIX, f"Re2Pix, C = {c}", SEMANTIC) for c in levels], False,
-                               f"all C = {cfg.pca.components} channels give the best semantic consistency; fewer degrade "
-                               "gracefully (Table 5)")
-        g = [f"Re2Pix, guidance w = {w}, c = {c}" for w, c in guidance_settings(cfg)]
-        specs["guidance"] = (g + [RE2PIX], [Comparison(r, RE2PIX) for r in g], True,
-                             "some (c, w) improves semantic fidelity or generation quality over no guidance (appendix 6.2)")
-    return specs
-
-
-def build_results(cfg: Config, per_seed: list[dict[str, dict[str, float | None]]], curves: dict[int, Any],
-                  runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int, dict[str, Any]], variants: list[str],
-                  steps: int, seeds: list[int], dataset: str, root: str, sweeps: bool) -> dict[str, Any]:
-    rows = aggregate_rows(per_seed)
-    claims: dict[str, Any] = {}
-    for name, (shown, comparisons, any_of, paper) in claim_specs(variants, cfg, sweeps).items():
-        claims[name] = {"paper": paper, "rows": {r: rows[r] for r in shown if r in rows}, **judge(rows, comparisons, any_of)}
-
-    if BASELINE in variants:  # Figure 3: per step, per seed; the rule at every step, the speed-up per seed
-        step_rows: list[dict[str, dict[str, float | None]]] = []
-        speedups: dict[str, list[dict[str, Any]]] = {}
-        for seed in seeds:
-            c = curves.get(seed, {})
-            step_rows.append({f"{run} @ {s}": m for run, pts in c.items() for s, m in pts})
-            for metric in ("fd_vfm", "psnr", "ssim", "miou"):
-                speedups.setdefault(metric, []).append(speedup(
-                    [(s, m.get(metric)) for s, m in c.get(RE2PIX, [])], [(s, m.get(metric)) for s, m in c.get(BASELINE, [])], metric))
-        curve_rows = aggregate_rows(step_rows)
-        points = sorted({s for c in curves.values() for pts in c.values() for s, _ in pts})
-        judged = judge(curve_rows, [Comparison(f"{RE2PIX} @ {s}", f"{BASELINE} @ {s}", ("fd_vfm", "psnr", "ssim", "miou")) for s in points])
-        claims["convergence"] = {
-            "paper": "Re2Pix is better than the baseline at every checkpoint; the baseline needs 7x (generation) and 14x "
-                     "(segmentation) the steps to reach Re2Pix's values (Figure 3)",
-            "rows": curve_rows, "steps": points, "speedup": speedups, **judged,
-        }
-
-    first = evals[seeds[0]]
-    prov = (first.get("figure3") or {}).get("provenance") or {}
-    params = {v: runs[seeds[0]][v].get("params") for v in variants}
-    return {
-        "rule": HOLDS_RULE,
-        "dataset": dataset, "root": root, "config": cfg.name, "seeds": seeds, "stage2_steps": steps,
-        "windows": ((first.get("figure3") or {}).get("protocol") or {}).get("windows"),
-        "variants": {v: VARIANTS[v][0] for v in variants},
-        "params": params,
-        "fd_vfm": "Fréchet distance between the VFM's PCA features (spatially averaged) of every generated future frame "
-                  "and of the real frame at the same position. It is NOT FID (no Inception network).",
-        "shared": "the cache, Stage 1, its pool and the heads are trained once (config seed) and shared by every seed; "
-                  "seeds vary Stage 2 (weights, data order, noise) and the sampling noise of the evaluation",
-        "claims": claims,
-        "rows": rows,
-        "per_seed": {str(s): r for s, r in zip(seeds, per_seed)},
-        "runs": {str(s): r for s, r in runs.items()},
-        "provenance": {
-            "vfm": prov.get("vfm"), "codec": prov.get("codec"), "pca_fingerprint": prov.get("pca_fingerprint"),
-            "heads": prov.get("heads"), "stage1": prov.get("stage1"),
-            "stage2": {str(s): {v: {"checkpoint": r.get("checkpoint"), "params": r.get("params")} for v, r in rs.items()} for s, rs in runs.items()},
-            "distribution_net": "the cache's VFM + PCA (fd_vfm), no downloaded weights",
-            "fid_fvd": "computed with the given weight files" if (cfg.eval.fid_weights or cfg.eval.fvd_weights) else
-                       "not computed: no FID/FVD weight files given (eval.fid_weights / eval.fvd_weights)",
-            # the Inception / I3D entries only count when real FID / FVD ran (fid_fvd evaluation): fd_vfm needs neither
-            "random_parts": [p for p in prov.get("random_parts", []) if p not in ("FID Inception", "FVD I3D")]
-            + [p for p in ((first.get("fid_fvd") or {}).get("provenance") or {}).get("random_parts", []) if p in ("FID Inception", "FVD I3D")],
-        },
-        "evaluations": {str(s): {k: (v.get("files") or {}).get("report") for k, v in e.items()} for s, e in evals.items()},
-    }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from configs.schema import load_config
 from eval.reproduce import BASELINE, RE2PIX, run_reproduce, variant_config
 
@@ -28,6 +30,7 @@ def test_variant_configs_differ_only_where_the_paper_says():
     assert variant_config(cfg, RE2PIX, 0, 40).stage2.model == cfg.stage2.model
 
 
+@pytest.mark.slow
 def test_reduced_reproduce_writes_the_files_and_resumes(tmp_path):
     cfg = load_config("tiny", REDUCED)
     kw = dict(seeds=1, steps=2, variants=[RE2PIX, BASELINE], train_snippets=3, val_snippets=2, workers=1, eval_limit=2)

@@ -268,7 +268,7 @@ class _Run:
     def __init__(self, task, train_factory, val_factory, cfg_train, cfg_optim, out_dir, accelerator, cache_fingerprint, extra_meta, full_config,
                  stop: _StopFlag | None = None):
         self.task, self.train_factory, self.val_factory = task, train_factory, val_factory
-        self.cfg, self.cfg_optim, self.out_dir, self.acc = cfg_train, cfg_optim, out_dir, accelerator
+        self.cfg, self.cfg_optim, self.out_dir, self.accelerator = cfg_train, cfg_optim, out_dir, accelerator
         self.cache_fingerprint, self.extra_meta, self.full_config = cache_fingerprint, extra_meta, full_config
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.global_batch = cfg_train.batch_size * self.world  # samples per micro-step, all processes
@@ -291,8 +291,8 @@ class _Run:
                 warn_loud(f"train.activation_checkpointing is on but {type(model).__name__} has no such switch; ignored")
         optimizer = build_optimizer(model, self.cfg_optim, self.effective_batch)
         self.scheduler = build_schedule(optimizer, self.cfg_optim, cfg.steps)
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        self.raw = self.acc.unwrap_model(self.model)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.raw = self.accelerator.unwrap_model(self.model)
         self.ema = EMA(self.raw, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.model_config = _jsonable(self.task.model_config())
         # From here on each rank has its own random stream (dropout, noise), reproducible from (seed, rank).
@@ -300,7 +300,7 @@ class _Run:
         torch.manual_seed(rank_seed)
         random.seed(rank_seed)
         np.random.seed(rank_seed % 2**32)
-        self.generator = torch.Generator(self.acc.device).manual_seed(rank_seed)
+        self.generator = torch.Generator(self.accelerator.device).manual_seed(rank_seed)
 
     def _restore(self, path: Path) -> tuple[int, dict[str, Any] | None]:
         saved = ckpt.read_config(path)
@@ -323,11 +323,11 @@ class _Run:
                 raise ckpt.CheckpointError(f"{path} has no {ckpt.EMA_FILE} but train.ema_decay={self.cfg.ema_decay}; resume with ema_decay=0")
             # Checkpoints from before the EMA warm-up have no count: they continue as if fully warmed up.
             updates = (state.get("ema") or {}).get("updates", int(state["step"]))
-            self.ema.load_state_dict({k: v.to(self.acc.device) for k, v in ema_weights.items()}, updates)
+            self.ema.load_state_dict({k: v.to(self.accelerator.device) for k, v in ema_weights.items()}, updates)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler") is not None and self.acc.scaler is not None:
-            self.acc.scaler.load_state_dict(state["scaler"])
+        if state.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         if len(rngs) != self.world:
             warn_loud(f"{path} was written by {len(rngs)} processes, this run has {self.world}: random streams restart per rank")
@@ -379,7 +379,7 @@ class _Run:
                     tic = time.perf_counter()
                     loss, logs = self._optimizer_step(data, step)
                     lr = self.scheduler.get_last_lr()[0]
-                    if not self.acc.optimizer_step_was_skipped:  # fp16: the grad scaler skipped an overflowing step
+                    if not self.accelerator.optimizer_step_was_skipped:  # fp16: the grad scaler skipped an overflowing step
                         self.scheduler.step()
                     if self.ema is not None:
                         self.ema.update(self.raw)
@@ -437,7 +437,7 @@ class _Run:
         """The signal that asked to stop, agreed by all processes (any one signalled stops them all at this step)."""
         signum = self.stop.signum or 0
         if self.world > 1:
-            signum = int(self.acc.reduce(torch.tensor([signum], device=self.acc.device), "max").item())
+            signum = int(self.accelerator.reduce(torch.tensor([signum], device=self.accelerator.device), "max").item())
         return signum or None
 
     def _optimizer_step(self, data: Iterator[Any], step: int) -> tuple[float, dict[str, float]]:
@@ -446,20 +446,20 @@ class _Run:
         total = 0.0
         logs: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
-            batch = _to_device(next(data), self.acc.device)
+            batch = _to_device(next(data), self.accelerator.device)
             sync = micro == cfg.grad_accum - 1
-            with (nullcontext() if sync else self.acc.no_sync(self.model)), self.acc.autocast():
+            with (nullcontext() if sync else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
                 loss, logs = self.task.training_loss(self.model, batch, step, self.generator)
             value = loss.detach().float()
             # One all-reduce: the summed loss and whether any process saw a non-finite one (all stop together).
-            stats = self.acc.reduce(torch.stack([torch.nan_to_num(value), (~torch.isfinite(value)).float()]), "sum")
+            stats = self.accelerator.reduce(torch.stack([torch.nan_to_num(value), (~torch.isfinite(value)).float()]), "sum")
             if stats[1] > 0:
                 self._stop_non_finite(step + 1, f"loss {value.item()} (micro-batch {micro}, this process)" if not torch.isfinite(value) else "loss on another process")
             total += stats[0].item() / self.world
-            self.acc.backward(loss / cfg.grad_accum)
+            self.accelerator.backward(loss / cfg.grad_accum)
         if cfg.clip_grad > 0:
-            norm = self.acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-            if norm is not None and not torch.isfinite(norm) and self.acc.scaler is None:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            if norm is not None and not torch.isfinite(norm) and self.accelerator.scaler is None:
                 self._stop_non_finite(step + 1, f"gradient norm {float(norm)}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -477,20 +477,20 @@ class _Run:
         loader = self.val_factory(LoaderRequest(self.rank, self.world, self.cfg.batch_size, 0, self.cfg.seed))
         if loader is None:
             return {}
-        batches: Iterable[Any] = (_to_device(b, self.acc.device) for b in loader)
+        batches: Iterable[Any] = (_to_device(b, self.accelerator.device) for b in loader)
         if self.cfg.val_batches > 0:
             batches = itertools.islice(batches, self.cfg.val_batches)
         was_training = self.raw.training
         self.raw.eval()
         try:
-            with _preserved_rng(self.generator), torch.no_grad(), self.acc.autocast():
+            with _preserved_rng(self.generator), torch.no_grad(), self.accelerator.autocast():
                 metrics = self.task.validate(self.raw, batches)
         finally:
             self.raw.train(was_training)
         if not metrics:
             return {}
         keys = sorted(metrics)
-        values = self.acc.reduce(torch.tensor([float(metrics[k]) for k in keys], device=self.acc.device), "sum") / self.world
+        values = self.accelerator.reduce(torch.tensor([float(metrics[k]) for k in keys], device=self.accelerator.device), "sum") / self.world
         return {k: float(v) for k, v in zip(keys, values)}
 
     def _save(self, step: int, val: dict[str, float] | None = None) -> None:
@@ -517,7 +517,7 @@ class _Run:
                 "step": step,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+                "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
                 "rng": rngs,
                 "data": {**position, "global_batch": self.global_batch},
                 "ema": {"updates": self.ema.updates} if self.ema is not None else None,
@@ -534,7 +534,7 @@ class _Run:
                     console.print(f"step {step}: best validation {metric} so far ({val[metric]:.6g})")
             # After the selection is updated, so the best checkpoint is known; never the one just written.
             ckpt.prune_checkpoints(self.out_dir, self.cfg.keep_last, self.cfg.keep_every, protect=(path,))
-        self.acc.wait_for_everyone()
+        self.accelerator.wait_for_everyone()
         if not self.main:
             self.last_checkpoint = str(ckpt.checkpoints_dir(self.out_dir) / ckpt.step_name(step))
 
