@@ -31,25 +31,16 @@ import torch
 from torch import nn
 
 from configs.schema import Config, ConfigError, config_from_dict
-from eval.claims import HOLDS_RULE, SEMANTIC, build_results, claim_specs, estimate_default  # noqa: F401
-from eval.variants import (  # noqa: F401  (re-exported: the study's vocabulary)
+from eval.claims import SEMANTIC, build_results, estimate_default
+from eval.variants import (
     BASELINE,
-    COPY_ROW,
-    CURVE_POINTS,
-    FEATURE_VARIANTS,
     LAPTOP_STEPS,
-    LARGE,
     NESTED_OFF,
-    ORACLE_ROW,
     PRED_ONLY,
     RE2PIX,
-    REPA,
-    STAGE1_ROW,
     TRAIN_SNIPPETS,
-    TRUE_ONLY,
     VAL_SNIPPETS,
     VARIANTS,
-    VIDEOREPA,
     components_levels,
     guidance_settings,
     slug,

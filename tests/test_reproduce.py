@@ -8,7 +8,8 @@ import json
 import pytest
 
 from configs.schema import load_config
-from eval.reproduce import BASELINE, RE2PIX, run_reproduce, variant_config
+from eval.reproduce import run_reproduce
+from eval.variants import BASELINE, RE2PIX, variant_config
 
 REDUCED = [
     "stage1.train.steps=2", "stage1.train.batch_size=2", "stage1.train.ckpt_every=2", "stage1.train.val_every=2",
