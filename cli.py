@@ -378,6 +378,7 @@ def reproduce(
     sweeps: bool = typer.Option(True, "--sweeps/--no-sweeps", help="Run Table 5 (components) and appendix 6.2 (guidance) sweeps."),
     limit: int = typer.Option(0, help="Evaluate at most this many val windows (0: all; the synthetic set has 64)."),
     workers: int = typer.Option(0, help="Ray workers for the cache step (0: automatic)."),
+    jobs: int = typer.Option(0, help="Stage 2 trainings / evaluations run at once, each in its own process with CPUs/jobs torch threads (0: one per CPU on a CPU machine, 1 with CUDA)."),
     device: str = DeviceOpt,
 ) -> None:
     """The paper's claims (Tables 1, 3, 4, 5, Figure 3, appendix 6.2) measured with seeds: reproduce.json and report.md."""
@@ -385,7 +386,7 @@ def reproduce(
 
     cfg = _config(config, set_)
     run_reproduce(cfg, out or Path(cfg.paths.root) / "reproduce", dataset=dataset, root=root, seeds=seeds, steps=steps,
-                  variants=variants, sweeps=sweeps, eval_limit=limit, workers=workers, device=device)
+                  variants=variants, sweeps=sweeps, eval_limit=limit, workers=workers, device=device, jobs=jobs)
 
 
 # ------------------------------------------------------------------------------------------ bench

@@ -139,11 +139,12 @@ def speedup(re2pix: Sequence[tuple[int, float | None]], baseline: Sequence[tuple
 
 
 def estimate_default(runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int, dict[str, Any]], timings: dict[str, float],
-                     seeds: int, steps: int, windows: int) -> dict[str, Any]:
+                     seeds: int, steps: int, windows: int, parallel: int = 1) -> dict[str, Any]:
     """The default study's time predicted from THIS run's measurements: Stage 2 seconds per step of each variant
     (finished.json, mean over seeds) x steps x seeds, plus evaluation seconds per (window x generative job) x the
     same jobs per seed x windows x seeds, plus the shared steps as measured here (data, cache, Stage 1, pool, heads).
-    Runs reused from an earlier call keep the times they were measured with."""
+    Runs reused from an earlier call keep the times they were measured with. With `parallel` tasks at a time the task
+    seconds are divided by it (the tasks are many and similar, so they pack well)."""
     per_step: dict[str, list[float]] = {}
     for variants in runs.values():
         for v, done in variants.items():
@@ -166,7 +167,8 @@ def estimate_default(runs: dict[int, dict[str, dict[str, Any]]], evals: dict[int
     per_unit = cost / units if units else 0.0
     evaluation = per_unit * (max(jobs_per_seed) if jobs_per_seed else 0) * windows * seeds
     shared = sum(v for k, v in timings.items() if k in ("data", "cache", "stage1", "pool", "heads"))
-    return {"seeds": seeds, "stage2_steps": steps, "windows": windows,
+    train, evaluation = train / max(1, parallel), evaluation / max(1, parallel)
+    return {"seeds": seeds, "stage2_steps": steps, "windows": windows, "jobs": parallel,
             "stage2_seconds_per_step": measured,
             "eval_seconds_per_window_job": per_unit, "eval_jobs_per_seed": max(jobs_per_seed) if jobs_per_seed else 0,
             "train_seconds": train, "eval_seconds": evaluation, "shared_seconds": shared,

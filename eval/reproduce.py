@@ -32,6 +32,7 @@ from torch import nn
 
 from configs.schema import Config, ConfigError, config_from_dict
 from eval.claims import SEMANTIC, build_results, estimate_default
+from eval.task_pool import Task, default_jobs, run_tasks
 from eval.variants import (
     BASELINE,
     LAPTOP_STEPS,
@@ -154,39 +155,50 @@ def prepare_heads(cfg: Config, cache: str, out: Path, workers: int) -> str:
     return str(heads)
 
 
-def _train_variant(cfg: Config, cache: str, run: Path, steps: int, result: Reproduction) -> dict[str, Any]:
-    """Train (or resume, or reuse) one Stage 2 run; returns its finished.json."""
+def train_variant(cfg: Config, cache: str, run: str, steps: int) -> tuple[dict[str, Any], bool]:
+    """Train (or resume, or reuse) one Stage 2 run: (its finished.json, whether it trained in this call)."""
     from train.stage2 import train_stage2
 
-    marker = run / "finished.json"
+    marker = Path(run) / "finished.json"
     if marker.is_file():
         done = json.loads(marker.read_text())
         if done.get("steps") == steps:
-            return done
+            return done, False
     tic = time.perf_counter()
-    trained = train_stage2(cfg, cache, str(run), resume=True)
+    trained = train_stage2(cfg, cache, run, resume=True)
     seconds = time.perf_counter() - tic
     run_now = len(trained.losses)  # a resumed run trains only the steps it was missing
+    import torch
+
     done = {"steps": steps, "seed": cfg.stage2.train.seed, "checkpoint": trained.checkpoint,
             "params": _param_count(trained.checkpoint), "seconds": seconds, "steps_run_in_last_call": run_now,
-            "seconds_per_step": seconds / run_now if run_now else None, "finished_at": time.time()}
+            "seconds_per_step": seconds / run_now if run_now else None, "torch_threads": torch.get_num_threads(),
+            "finished_at": time.time()}
     atomic.write_json(marker, done)
-    result.trained.append(str(run))
-    return done
+    return done, True
 
 
-def _evaluate(cfg: Config, request: dict[str, Any], folder: Path, nets: Any, result: Reproduction, **kw: Any) -> dict[str, Any]:
-    """One `evaluate` call, reused when done.json holds the same request."""
+_NETS: dict[tuple[str, str | None], Any] = {}  # fd_vfm networks built once per process (a worker runs many evaluations)
+
+
+def evaluate_once(cfg: Config, request: dict[str, Any], folder: str, fd_vfm: bool, **kw: Any) -> tuple[dict[str, Any], bool]:
+    """One `evaluate` call, reused when done.json holds the same request: (its metrics, whether it ran in this call).
+    fd_vfm: score the distribution metric with the VFM's PCA features; False: evaluate's own FID/FVD weights."""
     from eval.evaluate import evaluate
 
-    marker = folder / "done.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("request") == request and (folder / "metrics.json").is_file():
-        return json.loads((folder / "metrics.json").read_text())
+    marker = Path(folder) / "done.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("request") == request and (Path(folder) / "metrics.json").is_file():
+        return json.loads((Path(folder) / "metrics.json").read_text()), False
+    nets = None
+    if fd_vfm:
+        key = (kw["cache"], kw.get("device"))
+        if key not in _NETS:
+            _NETS[key] = vfm_metric_nets(cfg, kw["cache"], kw.get("device"))
+        nets = _NETS[key]
     tic = time.perf_counter()
-    metrics = evaluate(cfg, out=str(folder), allow_random_weights=True, metric_nets=nets, allow_random_metric_weights=True, **kw)
+    metrics = evaluate(cfg, out=folder, allow_random_weights=True, metric_nets=nets, allow_random_metric_weights=True, **kw)
     atomic.write_json(marker, {"request": request, "seconds": time.perf_counter() - tic})
-    result.evaluated.append(str(folder))
-    return metrics
+    return metrics, True
 
 
 def _row_metrics(row: dict[str, Any], fd_name: str = "fd_vfm") -> dict[str, float | None]:
@@ -197,11 +209,53 @@ def _row_metrics(row: dict[str, Any], fd_name: str = "fd_vfm") -> dict[str, floa
     return out
 
 
+def _run_dir(out: Path, seed: int, variant: str) -> Path:
+    return out / "runs" / f"seed{seed}" / slug(variant)
+
+
+def _evaluations(cfg: Config, variants: list[str], run_of: dict[str, str], sweeps: bool,
+                 real_nets: bool) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+    """One seed's evaluations as (folder name, {row: Stage 2 run}, evaluate options): Figure 3 (every checkpoint of
+    Re2Pix and Baseline, which are also their Table 1 rows), the other variants, Table 5, appendix 6.2, real FID/FVD."""
+    main = {v: run_of[v] for v in (RE2PIX, BASELINE) if v in run_of}
+    out: list[tuple[str, dict[str, str], dict[str, Any]]] = [("figure3", main, {"all_checkpoints": BASELINE in main})]
+    others = {v: run_of[v] for v in variants if v not in main}
+    if others:
+        out.append(("variants", others, {}))
+    if sweeps:
+        out += [(f"components_{c}", {RE2PIX: run_of[RE2PIX]}, {"components": c}) for c in components_levels(cfg)]
+        out += [(f"guidance_w{w}_c{c}", {RE2PIX: run_of[RE2PIX]}, {"guidance_weight": w, "guidance_components": c})
+                for w, c in guidance_settings(cfg)]
+    if real_nets:  # FID / FVD with the weight files given, on the Table 1 rows
+        out.append(("fid_fvd", {v: run_of[v] for v in variants}, {"fid_fvd": True}))
+    return out
+
+
+def _seed_rows(cfg: Config, variants: list[str], seed_evals: dict[str, dict[str, Any]], sweeps: bool,
+               real_nets: bool) -> tuple[dict[str, dict[str, float | None]], dict[str, list[tuple[int, dict[str, float | None]]]]]:
+    """One seed's evaluations -> (the study's rows: {row name: {metric: value}}, Figure 3's {run: [(step, metrics)]})."""
+    fig = seed_evals["figure3"]
+    rows = {name: _row_metrics(row) for name, row in fig["rows"].items()}
+    curves = {run: [(e["step"], _row_metrics({"metrics": e["metrics"]})) for e in entries] for run, entries in fig["steps"].items()}
+    if "variants" in seed_evals:
+        rows.update({name: _row_metrics(row) for name, row in seed_evals["variants"]["rows"].items() if name in variants})
+    if sweeps:
+        for c in components_levels(cfg):
+            rows[f"Re2Pix, C = {c}"] = _row_metrics(seed_evals[f"components_{c}"]["rows"][RE2PIX])
+        for w, c in guidance_settings(cfg):
+            rows[f"Re2Pix, guidance w = {w}, c = {c}"] = _row_metrics(seed_evals[f"guidance_w{w}_c{c}"]["rows"][RE2PIX])
+    if real_nets:
+        for name, row in seed_evals["fid_fvd"]["rows"].items():
+            m = row.get("metrics") or {}
+            rows.setdefault(name, {}).update(fid=(m.get("fid") or {}).get("mean"), fvd=(m.get("fvd") or {}).get("mean"))
+    return rows, curves
+
+
 def run_reproduce(
     cfg: Config, out: Path | str, *, dataset: str = "synthetic", root: Path | str | None = None, seeds: int = 3,
     steps: int | None = None, variants: list[str] | None = None, sweeps: bool = True,
     train_snippets: int = TRAIN_SNIPPETS, val_snippets: int = VAL_SNIPPETS, workers: int = 0, eval_limit: int = 0,
-    device: str | None = None,
+    device: str | None = None, jobs: int | None = None,
 ) -> Reproduction:
     """Run (or resume) the whole study into `out`; returns what was done and the results written to reproduce.json."""
     from eval.reproduce_report import write_reproduction
@@ -222,6 +276,7 @@ def run_reproduce(
     if seeds < 1 or steps < 1:
         raise ConfigError(f"seeds={seeds} and steps={steps} must be >= 1")
     seed_list = [cfg.seed + i for i in range(seeds)]
+    jobs = int(jobs or default_jobs(device))
 
     # ---- 1. data and cache
     if root is None:
@@ -245,22 +300,25 @@ def run_reproduce(
         _timed(timings, "pool", lambda: make_predicted_pool(cache, stage1))
     heads = _timed(timings, "heads", lambda: prepare_heads(cfg, cache, out, workers))
 
-    # ---- 3. Stage 2 variants per seed
+    # ---- 3. Stage 2 variants per seed, `jobs` at a time
+    console.rule(f"[bold]reproduce: {len(seed_list)} seed(s) x {len(variants)} Stage 2 variants, {steps} steps each")
+    train_tasks = [Task(f"seed {seed}, {variant}", train_variant,
+                        (variant_config(cfg, variant, seed, steps), cache, str(_run_dir(out, seed, variant)), steps),
+                        log=_run_dir(out, seed, variant) / "train.log")
+                   for seed in seed_list for variant in variants]
+    trained = _timed(timings, "train (wall)", lambda: run_tasks(train_tasks, jobs, "Stage 2 runs"))
     runs: dict[int, dict[str, dict[str, Any]]] = {}
     for seed in seed_list:
         for variant in variants:
-            console.rule(f"[bold]reproduce: seed {seed}, {variant} ({steps} steps)")
-            run = out / "runs" / f"seed{seed}" / slug(variant)
-            done = _timed(timings, f"train {variant}", lambda: _train_variant(
-                variant_config(cfg, variant, seed, steps), cache, run, steps, result))
-            runs.setdefault(seed, {})[variant] = {**done, "run": str(run)}
+            done, now = trained[f"seed {seed}, {variant}"]
+            runs.setdefault(seed, {})[variant] = {**done, "run": str(_run_dir(out, seed, variant))}
+            if now:
+                result.trained.append(str(_run_dir(out, seed, variant)))
+                timings[f"train {variant}"] = timings.get(f"train {variant}", 0.0) + float(done["seconds"])
 
-    # ---- 4. evaluations per seed
-    nets = vfm_metric_nets(cfg, cache, device)
+    # ---- 4. evaluations per seed, `jobs` at a time (within a seed every evaluation uses the seed's noise)
     real_nets = bool(cfg.eval.fid_weights or cfg.eval.fvd_weights)
-    per_seed: list[dict[str, dict[str, float | None]]] = []
-    curves: dict[int, dict[str, list[tuple[int, dict[str, float | None]]]]] = {}
-    evals: dict[int, dict[str, dict[str, Any]]] = {}
+    eval_tasks: list[Task] = []
     for seed in seed_list:
         data = cfg.to_dict()
         data["seed"] = seed
@@ -268,48 +326,34 @@ def run_reproduce(
         base = out / "evals" / f"seed{seed}"
         run_of = {v: runs[seed][v]["run"] for v in variants}
         common = {"cache": cache, "heads": heads, "stage1": stage1, "limit": eval_limit, "device": device}
-        request = {"seed": seed, "steps": steps, "limit": eval_limit}
-        rows: dict[str, dict[str, float | None]] = {}
+        for name, stage2_runs, kw in _evaluations(cfg, variants, run_of, sweeps, real_nets):
+            request = {"seed": seed, "steps": steps, "limit": eval_limit, "name": name, "runs": stage2_runs, **kw}
+            eval_tasks.append(Task(f"seed {seed}, {name}", evaluate_once, (eval_cfg, request, str(base / name), name != "fid_fvd"),
+                                   {"stage2_runs": stage2_runs, **common, **kw}, log=base / f"{name}.log"))
+    eval_tasks.sort(key=lambda t: -len(t.kwargs["stage2_runs"]) * (4 if t.kwargs.get("all_checkpoints") else 1))  # longest first
+    evaluated = _timed(timings, "evaluate (wall)", lambda: run_tasks(eval_tasks, jobs, "evaluations"))
+    per_seed: list[dict[str, dict[str, float | None]]] = []
+    curves: dict[int, dict[str, list[tuple[int, dict[str, float | None]]]]] = {}
+    evals: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in seed_list:
         seed_evals: dict[str, dict[str, Any]] = {}
-
-        def run_eval(name: str, stage2_runs: dict[str, str], nets_: Any = nets, **kw: Any) -> dict[str, Any]:
-            console.rule(f"[bold]reproduce: seed {seed}, evaluate {name}")
-            metrics = _timed(timings, f"evaluate {name.split('_')[0]}", lambda: _evaluate(
-                eval_cfg, {**request, "name": name, "runs": stage2_runs, **{k: v for k, v in kw.items()}}, base / name, nets_,
-                result, stage2_runs=stage2_runs, **common, **kw))
+        for name, _, _ in _evaluations(cfg, variants, {v: "" for v in variants}, sweeps, real_nets):
+            metrics, now = evaluated[f"seed {seed}, {name}"]
             seed_evals[name] = metrics
-            return metrics
-
-        main = {v: run_of[v] for v in (RE2PIX, BASELINE) if v in run_of}
-        fig = run_eval("figure3", main, all_checkpoints=BASELINE in main)
-        for name, row in fig["rows"].items():
-            rows[name] = _row_metrics(row)
-        curves[seed] = {run: [(e["step"], _row_metrics({"metrics": e["metrics"]})) for e in entries] for run, entries in fig["steps"].items()}
-        others = {v: run_of[v] for v in variants if v not in main}
-        if others:
-            for name, row in run_eval("variants", others)["rows"].items():
-                if name in others:
-                    rows[name] = _row_metrics(row)
-        if sweeps:
-            for c in components_levels(cfg):
-                rows[f"Re2Pix, C = {c}"] = _row_metrics(run_eval(f"components_{c}", {RE2PIX: run_of[RE2PIX]}, components=c)["rows"][RE2PIX])
-            for w, c in guidance_settings(cfg):
-                got = run_eval(f"guidance_w{w}_c{c}", {RE2PIX: run_of[RE2PIX]}, guidance_weight=w, guidance_components=c)
-                rows[f"Re2Pix, guidance w = {w}, c = {c}"] = _row_metrics(got["rows"][RE2PIX])
-        if real_nets:  # FID / FVD with the weight files given, on the Table 1 rows
-            real = run_eval("fid_fvd", {v: run_of[v] for v in variants}, nets_=None, fid_fvd=True)
-            for name, row in real["rows"].items():
-                m = row.get("metrics") or {}
-                rows.setdefault(name, {}).update(fid=(m.get("fid") or {}).get("mean"), fvd=(m.get("fvd") or {}).get("mean"))
+            if now:
+                result.evaluated.append(str(out / "evals" / f"seed{seed}" / name))
+                key = f"evaluate {name.split('_')[0]}"
+                timings[key] = timings.get(key, 0.0) + float((metrics.get("seconds") or {}).get("total") or 0.0)
+        rows, curves[seed] = _seed_rows(cfg, variants, seed_evals, sweeps, real_nets)
         per_seed.append(rows)
         evals[seed] = seed_evals
 
     # ---- 5. claims
     results = build_results(cfg, per_seed, curves, runs, evals, variants, steps, seed_list, dataset, str(root), sweeps)
-    results["estimate"] = estimate_default(runs, evals, timings, seeds=3, steps=LAPTOP_STEPS, windows=VAL_SNIPPETS)
+    results["estimate"] = estimate_default(runs, evals, timings, seeds=3, steps=LAPTOP_STEPS, windows=VAL_SNIPPETS, parallel=jobs)
     result.seconds = time.perf_counter() - t_all
     results["seconds"] = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(result.seconds, 1)}
-    results["this_call"] = {"trained": result.trained, "evaluated": result.evaluated}
+    results["this_call"] = {"trained": result.trained, "evaluated": result.evaluated, "jobs": jobs}
     result.results = results
     write_reproduction(results, out, evals[seed_list[0]])
     summary(result.line())

@@ -140,14 +140,17 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
               "| seed | variant | checkpoint | parameters |", "|---|---|---|---:|"]
     for seed, variants in prov.get("stage2", {}).items():
         lines += [f"| {seed} | {v} | {i['checkpoint']} | {i['params']:,} |" for v, i in variants.items()]
-    lines += ["", "## Time", "", "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+    jobs = (results.get("this_call") or {}).get("jobs", 1)
+    lines += ["", "## Time", "", f"{jobs} task(s) at a time: the '(wall)' rows are the phases' wall time, the per-variant and "
+              "per-evaluation rows sum the tasks' own seconds (they overlap when more than one runs at a time).", "",
+              "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
     est = results.get("estimate") or {}
     if est:
         lines += ["", f"Estimated time of the default study ({est['seeds']} seeds, {est['stage2_steps']} Stage 2 steps, "
                   f"{est['windows']} val windows) from this run's measured step times: {est['total_seconds'] / 60:.0f} min "
                   f"(Stage 2 training {est['train_seconds'] / 60:.0f} min, evaluation {est['eval_seconds'] / 60:.0f} min at "
                   f"{est['eval_seconds_per_window_job']:.2f} s per window and generative job x {est['eval_jobs_per_seed']} jobs "
-                  f"per seed, shared steps {est['shared_seconds'] / 60:.0f} min)."]
+                  f"per seed, shared steps {est['shared_seconds'] / 60:.0f} min; {est.get('jobs', 1)} task(s) at a time)."]
     lines += ["", "Per-evaluation reports (seed: name -> report.md): see `evaluations` in reproduce.json.", ""]
     return "\n".join(lines)
 

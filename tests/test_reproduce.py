@@ -34,7 +34,7 @@ def test_variant_configs_differ_only_where_the_paper_says():
 @pytest.mark.slow
 def test_reduced_reproduce_writes_the_files_and_resumes(tmp_path):
     cfg = load_config("tiny", REDUCED)
-    kw = dict(seeds=1, steps=2, variants=[RE2PIX, BASELINE], train_snippets=3, val_snippets=2, workers=1, eval_limit=2)
+    kw = dict(seeds=1, steps=2, variants=[RE2PIX, BASELINE], train_snippets=3, val_snippets=2, workers=1, eval_limit=2, jobs=2)
     first = run_reproduce(cfg, tmp_path, **kw)
     results = json.loads((tmp_path / "reproduce.json").read_text())
     assert set(results["claims"]) == {"table1", "components", "guidance", "convergence"}
