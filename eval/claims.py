@@ -114,7 +114,7 @@ def judge(rows: dict[str, dict[str, dict[str, Any]]], comparisons: Sequence[Comp
     seen = [r["direction_seen"] for r in results if r["direction_seen"] is not None]
     holds = None if not judged else (any(judged) if any_of else all(judged))
     return {"comparisons": results, "holds": holds, "held": sum(judged), "judged": len(judged),
-            "direction_seen": sum(seen), "compared": len(seen), "rule": "any comparison holds" if any_of else "every comparison holds"}
+            "direction_seen": sum(seen), "compared": len(seen), "rule": "holds when any comparison holds" if any_of else "holds when every comparison holds"}
 
 
 def speedup(re2pix: Sequence[tuple[int, float | None]], baseline: Sequence[tuple[int, float | None]], metric: str) -> dict[str, Any]:
@@ -221,8 +221,8 @@ def build_results(cfg: Config, per_seed: list[dict[str, dict[str, float | None]]
             c = curves.get(seed, {})
             step_rows.append({f"{run} @ {s}": m for run, pts in c.items() for s, m in pts})
             for metric in ("fd_vfm", "psnr", "ssim", "miou"):
-                speedups.setdefault(metric, []).append(speedup(
-                    [(s, m.get(metric)) for s, m in c.get(RE2PIX, [])], [(s, m.get(metric)) for s, m in c.get(BASELINE, [])], metric))
+                speedups.setdefault(metric, []).append({"seed": seed, **speedup(
+                    [(s, m.get(metric)) for s, m in c.get(RE2PIX, [])], [(s, m.get(metric)) for s, m in c.get(BASELINE, [])], metric)})
         curve_rows = aggregate_rows(step_rows)
         points = sorted({s for c in curves.values() for pts in c.values() for s, _ in pts})
         judged = judge(curve_rows, [Comparison(f"{RE2PIX} @ {s}", f"{BASELINE} @ {s}", ("fd_vfm", "psnr", "ssim", "miou")) for s in points])

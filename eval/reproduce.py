@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from eval.variants import (
     VAL_SNIPPETS,
     VARIANTS,
     components_levels,
+    curve_steps,
     guidance_settings,
     slug,
     variant_config,
@@ -155,15 +157,25 @@ def prepare_heads(cfg: Config, cache: str, out: Path, workers: int) -> str:
     return str(heads)
 
 
-def train_variant(cfg: Config, cache: str, run: str, steps: int) -> tuple[dict[str, Any], bool]:
-    """Train (or resume, or reuse) one Stage 2 run: (its finished.json, whether it trained in this call)."""
+def train_variant(cfg: Config, cache: str, run: str, steps: int, curve: bool) -> tuple[dict[str, Any], bool]:
+    """Train (or resume, or reuse) one Stage 2 run: (its finished.json, whether it trained in this call). A `curve`
+    run (Figure 3) is reused only with every curve checkpoint on disk; a finished one without them (pruned by an
+    older version) is moved aside to <run>.stale, not deleted, and trained again."""
+    from train.checkpoint import step_name
     from train.stage2 import train_stage2
 
     marker = Path(run) / "finished.json"
     if marker.is_file():
         done = json.loads(marker.read_text())
-        if done.get("steps") == steps:
+        missing = [s for s in curve_steps(steps) if not (Path(run) / "checkpoints" / step_name(s)).is_dir()] if curve else []
+        if done.get("steps") == steps and not missing:
             return done, False
+        if missing:
+            stale = Path(f"{run}.stale")
+            if stale.exists():
+                shutil.rmtree(stale)
+            os.replace(run, stale)
+            print(f"{run}: curve checkpoints {missing} are missing; moved to {stale}, training again", flush=True)
     tic = time.perf_counter()
     trained = train_stage2(cfg, cache, run, resume=True)
     seconds = time.perf_counter() - tic
@@ -303,7 +315,8 @@ def run_reproduce(
     # ---- 3. Stage 2 variants per seed, `jobs` at a time
     console.rule(f"[bold]reproduce: {len(seed_list)} seed(s) x {len(variants)} Stage 2 variants, {steps} steps each")
     train_tasks = [Task(f"seed {seed}, {variant}", train_variant,
-                        (variant_config(cfg, variant, seed, steps), cache, str(_run_dir(out, seed, variant)), steps),
+                        (variant_config(cfg, variant, seed, steps), cache, str(_run_dir(out, seed, variant)), steps,
+                         variant in (RE2PIX, BASELINE)),
                         log=_run_dir(out, seed, variant) / "train.log")
                    for seed in seed_list for variant in variants]
     trained = _timed(timings, "train (wall)", lambda: run_tasks(train_tasks, jobs, "Stage 2 runs"))
@@ -327,7 +340,10 @@ def run_reproduce(
         run_of = {v: runs[seed][v]["run"] for v in variants}
         common = {"cache": cache, "heads": heads, "stage1": stage1, "limit": eval_limit, "device": device}
         for name, stage2_runs, kw in _evaluations(cfg, variants, run_of, sweeps, real_nets):
-            request = {"seed": seed, "steps": steps, "limit": eval_limit, "name": name, "runs": stage2_runs, **kw}
+            # the runs' finish times: an evaluation is redone when a run it scores was trained again
+            trained_at = {v: runs[seed][v].get("finished_at") for v in stage2_runs}
+            request = {"seed": seed, "steps": steps, "limit": eval_limit, "name": name, "runs": stage2_runs,
+                       "trained_at": trained_at, **kw}
             eval_tasks.append(Task(f"seed {seed}, {name}", evaluate_once, (eval_cfg, request, str(base / name), name != "fid_fvd"),
                                    {"stage2_runs": stage2_runs, **common, **kw}, log=base / f"{name}.log"))
     eval_tasks.sort(key=lambda t: -len(t.kwargs["stage2_runs"]) * (4 if t.kwargs.get("all_checkpoints") else 1))  # longest first

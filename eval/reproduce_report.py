@@ -111,10 +111,11 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
             for metric, per_seed in claim["speedup"].items():
                 parts = []
                 for s in per_seed:
+                    seed = f"seed {s['seed']}: " if "seed" in s else ""
                     if s["speedup"] is None:
-                        parts.append("n/a")
+                        parts.append(f"{seed}n/a")
                     else:
-                        parts.append(f"{'>' if s['lower_bound'] else ''}{s['speedup']:.2g}x (Re2Pix at step {s['step']}, "
+                        parts.append(f"{seed}{'>' if s['lower_bound'] else ''}{s['speedup']:.2g}x (Re2Pix at step {s['step']}, "
                                      f"baseline {'never' if s['baseline_step'] is None else 'at step ' + str(s['baseline_step'])})")
                 lines.append(f"- speed-up in {metric}: " + "; ".join(parts))
             lines.append("")

@@ -75,9 +75,16 @@ def variant_config(cfg: Config, variant: str, seed: int, steps: int) -> Config:
     s2 = data["stage2"]
     VARIANTS[variant][1](s2)
     every = max(1, steps // CURVE_POINTS)
-    s2["train"].update(steps=steps, seed=seed, ckpt_every=every, val_every=every)
+    # every curve point is kept (keep_every): Figure 3 evaluates them all, and pruning to keep_last would drop the first
+    s2["train"].update(steps=steps, seed=seed, ckpt_every=every, val_every=every, keep_every=every)
     data["seed"] = seed
     return config_from_dict(data).validate()
+
+
+def curve_steps(steps: int) -> list[int]:
+    """The checkpoint steps of a `steps`-step variant run (the points of Figure 3)."""
+    every = max(1, steps // CURVE_POINTS)
+    return sorted({*range(every, steps + 1, every), steps})
 
 
 def guidance_settings(cfg: Config) -> list[tuple[float, int]]:
