@@ -4,12 +4,14 @@ second call that must reuse every finished run and evaluation."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from configs.schema import load_config
 from eval.reproduce import run_reproduce
-from eval.variants import BASELINE, RE2PIX, variant_config
+from eval.variants import BASELINE, RE2PIX, curve_steps, variant_config
 
 REDUCED = [
     "stage1.train.steps=2", "stage1.train.batch_size=2", "stage1.train.ckpt_every=2", "stage1.train.val_every=2",
@@ -25,6 +27,8 @@ def test_variant_configs_differ_only_where_the_paper_says():
     assert large.stage2.model.conditioning == "none" and large.stage2.model.depth > cfg.stage2.model.depth
     assert large.stage2.train.seed == 5 and large.seed == 5 and large.stage2.train.steps == 40
     assert large.stage2.train.ckpt_every == 10  # four points per curve (Figure 3)
+    assert large.stage2.train.keep_every == 10  # and pruning keeps all four (keep_last alone dropped the first)
+    assert curve_steps(200) == [50, 100, 150, 200] and curve_steps(2) == [1, 2] and curve_steps(10) == [2, 4, 6, 8, 10]
     repa = variant_config(cfg, "REPA", 0, 40)
     assert repa.stage2.alignment == "repa" and 1 <= repa.stage2.align_block <= repa.stage2.model.depth
     assert variant_config(cfg, "Re2Pix, predicted features only", 0, 40).stage2.mixed_supervision_prob == 1.0
@@ -61,6 +65,15 @@ def test_reduced_reproduce_writes_the_files_and_resumes(tmp_path):
     assert (run / "finished.json").read_text() == marker
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ckpts
     assert json.loads((tmp_path / "reproduce.json").read_text())["rows"] == results["rows"]
+
+    # a Figure 3 run missing a curve checkpoint (an older version pruned them) is moved aside, not deleted, and
+    # trained again; only the evaluation that scores it runs again
+    baseline = tmp_path / "runs" / "seed0" / "baseline"
+    shutil.rmtree(baseline / "checkpoints" / "step_0000001")
+    third = run_reproduce(cfg, tmp_path, **kw)
+    assert third.trained == [str(baseline)] and (tmp_path / "runs" / "seed0" / "baseline.stale" / "finished.json").is_file()
+    assert [Path(e).name for e in third.evaluated] == ["figure3"]
+    assert (baseline / "checkpoints" / "step_0000001").is_dir()
 
 
 def test_cli_reproduce_help_and_bad_variant(tmp_path):
