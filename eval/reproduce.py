@@ -36,6 +36,7 @@ from eval.claims import SEMANTIC, build_results, estimate_default
 from eval.task_pool import Task, default_jobs, run_tasks
 from eval.variants import (
     BASELINE,
+    CURVE_VARIANTS,
     LAPTOP_STEPS,
     NESTED_OFF,
     PRED_ONLY,
@@ -180,8 +181,6 @@ def train_variant(cfg: Config, cache: str, run: str, steps: int, curve: bool) ->
     trained = train_stage2(cfg, cache, run, resume=True)
     seconds = time.perf_counter() - tic
     run_now = len(trained.losses)  # a resumed run trains only the steps it was missing
-    import torch
-
     done = {"steps": steps, "seed": cfg.stage2.train.seed, "checkpoint": trained.checkpoint,
             "params": _param_count(trained.checkpoint), "seconds": seconds, "steps_run_in_last_call": run_now,
             "seconds_per_step": seconds / run_now if run_now else None, "torch_threads": torch.get_num_threads(),
@@ -229,7 +228,7 @@ def _evaluations(cfg: Config, variants: list[str], run_of: dict[str, str], sweep
                  real_nets: bool) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
     """One seed's evaluations as (folder name, {row: Stage 2 run}, evaluate options): Figure 3 (every checkpoint of
     Re2Pix and Baseline, which are also their Table 1 rows), the other variants, Table 5, appendix 6.2, real FID/FVD."""
-    main = {v: run_of[v] for v in (RE2PIX, BASELINE) if v in run_of}
+    main = {v: run_of[v] for v in CURVE_VARIANTS if v in run_of}
     out: list[tuple[str, dict[str, str], dict[str, Any]]] = [("figure3", main, {"all_checkpoints": BASELINE in main})]
     others = {v: run_of[v] for v in variants if v not in main}
     if others:
@@ -316,7 +315,7 @@ def run_reproduce(
     console.rule(f"[bold]reproduce: {len(seed_list)} seed(s) x {len(variants)} Stage 2 variants, {steps} steps each")
     train_tasks = [Task(f"seed {seed}, {variant}", train_variant,
                         (variant_config(cfg, variant, seed, steps), cache, str(_run_dir(out, seed, variant)), steps,
-                         variant in (RE2PIX, BASELINE)),
+                         variant in CURVE_VARIANTS),
                         log=_run_dir(out, seed, variant) / "train.log")
                    for seed in seed_list for variant in variants]
     trained = _timed(timings, "train (wall)", lambda: run_tasks(train_tasks, jobs, "Stage 2 runs"))
@@ -332,6 +331,7 @@ def run_reproduce(
     # ---- 4. evaluations per seed, `jobs` at a time (within a seed every evaluation uses the seed's noise)
     real_nets = bool(cfg.eval.fid_weights or cfg.eval.fvd_weights)
     eval_tasks: list[Task] = []
+    names: dict[int, list[str]] = {}  # each seed's evaluations, in the order their rows are assembled
     for seed in seed_list:
         data = cfg.to_dict()
         data["seed"] = seed
@@ -340,6 +340,7 @@ def run_reproduce(
         run_of = {v: runs[seed][v]["run"] for v in variants}
         common = {"cache": cache, "heads": heads, "stage1": stage1, "limit": eval_limit, "device": device}
         for name, stage2_runs, kw in _evaluations(cfg, variants, run_of, sweeps, real_nets):
+            names.setdefault(seed, []).append(name)
             # the runs' finish times: an evaluation is redone when a run it scores was trained again
             trained_at = {v: runs[seed][v].get("finished_at") for v in stage2_runs}
             request = {"seed": seed, "steps": steps, "limit": eval_limit, "name": name, "runs": stage2_runs,
@@ -353,7 +354,7 @@ def run_reproduce(
     evals: dict[int, dict[str, dict[str, Any]]] = {}
     for seed in seed_list:
         seed_evals: dict[str, dict[str, Any]] = {}
-        for name, _, _ in _evaluations(cfg, variants, {v: "" for v in variants}, sweeps, real_nets):
+        for name in names[seed]:
             metrics, now = evaluated[f"seed {seed}, {name}"]
             seed_evals[name] = metrics
             if now:

@@ -63,6 +63,7 @@ VARIANTS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
     PRED_ONLY: ("Re2Pix trained on Stage 1's predicted features only (Table 4)", _set("mixed_supervision_prob", 1.0)),
 }
 FEATURE_VARIANTS = (RE2PIX, NESTED_OFF, TRUE_ONLY, PRED_ONLY)
+CURVE_VARIANTS = (RE2PIX, BASELINE)  # evaluated at every checkpoint (Figure 3); also their Table 1 rows
 
 
 def slug(name: str) -> str:
@@ -74,16 +75,21 @@ def variant_config(cfg: Config, variant: str, seed: int, steps: int) -> Config:
     data = cfg.to_dict()
     s2 = data["stage2"]
     VARIANTS[variant][1](s2)
-    every = max(1, steps // CURVE_POINTS)
+    every = curve_every(steps)
     # every curve point is kept (keep_every): Figure 3 evaluates them all, and pruning to keep_last would drop the first
     s2["train"].update(steps=steps, seed=seed, ckpt_every=every, val_every=every, keep_every=every)
     data["seed"] = seed
     return config_from_dict(data).validate()
 
 
+def curve_every(steps: int) -> int:
+    """Checkpoint spacing of a `steps`-step variant run: CURVE_POINTS points of Figure 3."""
+    return max(1, steps // CURVE_POINTS)
+
+
 def curve_steps(steps: int) -> list[int]:
     """The checkpoint steps of a `steps`-step variant run (the points of Figure 3)."""
-    every = max(1, steps // CURVE_POINTS)
+    every = curve_every(steps)
     return sorted({*range(every, steps + 1, every), steps})
 
 
