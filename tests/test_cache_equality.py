@@ -1,6 +1,7 @@
 """What the cache holds does not depend on how it was computed: the Ray DAG (workers sized from Ray's resources,
 decoding ahead, writing behind, or decode tasks feeding the workers) writes the same arrays, bit for bit, as the
-plain sequential loop, and as the code before issue 13 did (a golden checksum)."""
+plain sequential loop, and as the code before issue 13 did (a golden: checksums, and a sketch of the features,
+which other CPU families round differently)."""
 
 from __future__ import annotations
 
@@ -52,16 +53,23 @@ def test_decode_tasks_feeding_the_workers_write_the_same_cache(tiny, full_cache,
 
 @pytest.mark.skipif(not CLIPS.exists(), reason="../shared/data/driving_clips not present")
 def test_cache_equals_the_one_built_before_issue_13(tmp_path):
-    """Same inputs (real clips), same config and seed: every array hashes as the code before the change wrote it.
-    The golden was computed with one torch thread per worker on x86-64 CPUs; float results of another CPU family
-    may differ in the last bit (then compare against a cache built there by the previous commit)."""
+    """Same inputs (real clips), same config and seed: every array as the code before the change wrote it. Latents
+    and labels hash the same (sha256) on any x86-64 CPU. The features come from the VFM's float32 matmuls, which
+    round differently on other CPU families (the golden sha256 from an Intel CPU missed by the last float16 bit on
+    an AMD EPYC, where the old and the new code agree bit for bit), so they are compared by a sketch: 16 seeded
+    random projections, equal to 1e-4 of the array's norm (a real change moves them by the order of the norm)."""
     cfg = load_config("tiny", ["cache.shard_size=2", "sources.videos.stride=30"])
     build_cache(cfg, "videos", CLIPS, tmp_path / "clips", workers=2, allow_random_weights=True, limit=2)
     golden = json.loads(GOLDEN.read_text())["arrays"]
     for name, array in _arrays(tmp_path / "clips").items():
-        array = np.ascontiguousarray(array)
-        got = {"shape": list(array.shape), "dtype": str(array.dtype), "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
-        assert got == golden[name], name
+        want = golden[name]
+        assert [list(array.shape), str(array.dtype)] == [want["shape"], want["dtype"]], name
+        if "sketch" in want:
+            values = array.astype(np.float64).ravel()
+            sketch = np.random.default_rng(0).standard_normal((len(want["sketch"]), values.size)) @ values
+            np.testing.assert_allclose(sketch, want["sketch"], rtol=0, atol=1e-4 * want["norm"], err_msg=name)
+        else:
+            assert hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest() == want["sha256"], name
 
 
 def test_worker_plan_follows_the_assigned_resources():

@@ -10,8 +10,8 @@ Frame 19 of every snippet is annotated, consistent with the rendered geometry:
     gtFine/{split}/{city}/{stem}_gtFine_labelTrainIds.png                  train ids (see TRAIN_IDS), 255 other
     leftImg8bit_sequence_depthv2/{split}/{city}/{stem}_leftImg8bit_depth.png   8-bit inverse depth,
         value = clip(round(255 * DEPTH_NEAR / Z), 1, 255) (larger = nearer), 0 = invalid (sky, ego hood)
-Everything is vectorised numpy (no per-pixel Python), deterministic by seed (each snippet draws from its own
-generator seeded by (seed, split, index)), and every PNG is written atomically.
+Frames are drawn by compiled per-pixel loops (see render.py), deterministic by seed (each snippet draws from its
+own generator seeded by (seed, split, index)), and every PNG is written atomically.
 
 A split's snippets are spread evenly over cities of at most 12 (`synth{split}{i}`; each snippet is one sequence
 id with frames 000000..000029, so 24 train snippets give 2 cities of 12 and the short-snippet rule applies). A
@@ -49,12 +49,11 @@ from pipeline.synthetic.world import (
     DEPTH_NEAR,
     FPS,
     IGNORE,
+    INFO_FILE,
     SNIPPETS_PER_CITY,
     TRAIN_IDS,
     draw_scene,
 )
-
-INFO_FILE = "sample_dataset.json"
 
 
 def write_sample_dataset(
