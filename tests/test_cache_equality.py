@@ -55,8 +55,8 @@ def test_decode_tasks_feeding_the_workers_write_the_same_cache(tiny, full_cache,
 def test_cache_equals_the_one_built_before_issue_13(tmp_path):
     """Same inputs (real clips), same config and seed: every array as the code before the change wrote it. Latents
     and labels hash the same (sha256) on any x86-64 CPU. The features come from the VFM's float32 matmuls, which
-    round differently on other CPU families (the golden sha256 from an Intel CPU missed by the last float16 bit on
-    an AMD EPYC, where the old and the new code agree bit for bit), so they are compared by a sketch: 16 seeded
+    round differently on other CPU families (the golden sha256 taken on an earlier session's CPU missed by the last
+    float16 bit on an AMD EPYC, where the old and the new code agree bit for bit), so they are compared by a sketch: 16 seeded
     random projections, equal to 1e-4 of the array's norm (a real change moves them by the order of the norm)."""
     cfg = load_config("tiny", ["cache.shard_size=2", "sources.videos.stride=30"])
     build_cache(cfg, "videos", CLIPS, tmp_path / "clips", workers=2, allow_random_weights=True, limit=2)

@@ -36,7 +36,7 @@ def render_frame(scene: Scene, frame: int, height: int, width: int) -> tuple[np.
     _facades(scene, a, b, f, s_ego, rgb, label, zbuf)
     ground_row = _ground(scene, a, b, f, s_ego, t, rgb, label, zbuf)
     # Distance haze on every pixel (sky pixels turn sky_horizon here and are repainted by _sky).
-    kernels.haze(rgb, zbuf, np.asarray(scene.sky_horizon, float), scene.fog)
+    kernels.haze(rgb, zbuf, scene.sky_horizon, scene.fog)
     _sky(scene, a, b, ground_row, rgb, zbuf)
     rgb *= scene.light
     sprites = sorted(
@@ -48,11 +48,6 @@ def render_frame(scene: Scene, frame: int, height: int, width: int) -> tuple[np.
     kernels.hood(rgb, label, zbuf)
     image, depth = kernels.finish(rgb, _vignette(H, W), zbuf)
     return image, label, depth
-
-
-def _c3(colour) -> np.ndarray:
-    """An RGB triple as [3, 1, 1], to broadcast against channel-first images."""
-    return np.asarray(colour, float).reshape(3, 1, 1)
 
 
 def _road_centre(scene: Scene, z):
