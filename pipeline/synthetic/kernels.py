@@ -181,8 +181,8 @@ def ground(g0, a, z_row, s_row, px_row, fade_row, grain_row, centre_dash, lane_d
                     asphalt += 0.05 * fade_row[i] * grain
                 # Worn tyre tracks 0.8 m either side of each lane centre (wide and faint: no antialiasing).
                 from_centre = abs(mod(ax, lane_width) - 0.5 * lane_width)
-                track = 0.03 * clip01(1.0 - abs(from_centre - 0.8) / 0.3)
-                asphalt -= track if ax < lanes * lane_width else track * 0.0
+                if ax < lanes * lane_width:
+                    asphalt -= 0.03 * clip01(1.0 - abs(from_centre - 0.8) / 0.3)
                 # Markings: the exact box-filter cover of each stripe, summed, divided by the footprint once.
                 lo, hi = x - px / 2, x + px / 2
                 paint = _stripe(lo, hi, 0.0, 0.07) * centre_dash[i]
@@ -264,8 +264,8 @@ def sky(colour, x, y, weight, has_clouds, clouds, rgb, zbuf):
 
 @_jit
 def composite(rgb, label, zbuf, v0, u0, coverage, colour, z, gain, offset, label_id):
-    """Composite a sprite's coverage [h, w] and colour [3, h, w] at (v0, u0) and distance z over what is nearer
-    than it is not: colour -> colour gain + offset (haze and light), label and depth where it covers half."""
+    """Composite a sprite's coverage [h, w] and colour [3, h, w] at (v0, u0) and distance z wherever nothing
+    nearer is drawn: colour -> colour gain + offset (haze and light); label and depth where it covers half."""
     h, w = coverage.shape
     for i in range(h):
         for j in range(w):
