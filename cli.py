@@ -102,6 +102,32 @@ def make_sample_data(
     )
 
 
+@app.command("pretrain-vfm")
+@_friendly_errors
+def pretrain_vfm(
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: <paths.root>/vfm/<settings key>); gets vfm.safetensors + vfm.json."),
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (vfm_pretrain.steps)."),
+    aux_weight: Optional[float] = typer.Option(
+        None, help="Weight of the segmentation + depth targets (vfm_pretrain.aux_weight); 0 = label-free."),
+    render_workers: int = typer.Option(0, "--render-workers", help="Rendering processes (0: one per CPU core)."),
+    force: bool = typer.Option(False, help="Pretrain again even when a VFM with the same settings exists in --out."),
+) -> None:
+    """Pretrain the config's (tiny) VFM architecture on the synthetic world, probe it against the random-init VFM,
+    and export a timm state dict + record that `cache --vfm-weights` loads like a DINOv2 checkpoint."""
+    import os
+
+    from pipeline.console import summary
+    from train.vfm_pretrain import WEIGHTS_FILE, default_out, describe_run
+    from train.vfm_pretrain import pretrain_vfm as run
+
+    cfg = _config(config, set_, {"vfm_pretrain.steps": steps, "vfm_pretrain.aux_weight": aux_weight})
+    folder = Path(out or default_out(cfg))
+    record, reused = run(cfg, folder, workers=render_workers or os.cpu_count() or 1, force=force)
+    summary(f"pretrain-vfm: {describe_run(record, reused)} -> {folder / WEIGHTS_FILE}")
+
+
 @app.command("cache")
 @_friendly_errors
 def cache(

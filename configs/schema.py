@@ -102,6 +102,32 @@ class VFMConfig:
 
 
 @dataclass
+class VFMPretrainConfig:
+    """`pretrain-vfm`: masked latent prediction (EMA teacher) of the `vfm` architecture on frames of the synthetic
+    world drawn from their own seed stream (pipeline/synthetic/frames.py), then the linear probe that scores it.
+    Only meaningful for architectures without published weights (the tiny config); at paper size DINOv2 is loaded."""
+
+    seed: int = 1234  # data seed of the pretraining and probe frames (streams 2 and 3: disjoint from make-sample-data)
+    snippets: int = 512  # pretraining scenes
+    frames_per_snippet: int = 6  # evenly spaced snippet frames of each scene
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1  # linear warm-up, then cosine decay to 0 over `steps`
+    ema_momentum: list[float] = field(default_factory=lambda: [0.99, 0.999])  # cosine from start to end
+    mask_ratio: list[float] = field(default_factory=lambda: [0.3, 0.6])  # fraction of patches masked per view
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random resized crop, fraction of the area
+    target_layers: int = 3  # teacher blocks averaged into the target
+    layer_scale_init: float = 1.0  # LayerScale gamma at the start of pretraining (timm's DINOv2 init: 1e-5)
+    aux_weight: float = 0.0  # > 0 adds segmentation + depth targets (the fallback when label-free misses the bar)
+    probe_snippets: int = 256  # labelled frames (frame 19) that train the probe (pretraining stream)
+    probe_val_snippets: int = 64  # held-out labelled frames that score it (stream 3)
+    probe_steps: int = 300
+    out: str = ""  # "" = <paths.root>/vfm/<settings key>
+
+
+@dataclass
 class PCAConfig:
     components: int = 1152
     fit_split: str = "train"
@@ -317,6 +343,7 @@ class Config:
     window: WindowConfig = field(default_factory=WindowConfig)
     sources: dict[str, SourceConfig] = field(default_factory=_default_sources)
     vfm: VFMConfig = field(default_factory=VFMConfig)
+    vfm_pretrain: VFMPretrainConfig = field(default_factory=VFMPretrainConfig)
     pca: PCAConfig = field(default_factory=PCAConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

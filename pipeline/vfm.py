@@ -15,6 +15,9 @@ weights if already in the local Hugging Face cache, the hub itself when it is re
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import nn
 
 from configs.schema import VFMConfig
+from pipeline.fingerprint import file_fingerprint
 from pipeline.weights import (
     WeightsFormatError,
     cached_hub_file,
@@ -72,6 +76,7 @@ class VFMExtractor(nn.Module):
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self.weights = weights
         self.name = name or type(model).__name__
+        self.record: dict | None = None  # the pretraining record beside the weights (pretrain-vfm), when there is one
         mean = torch.tensor(model.pretrained_cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(model.pretrained_cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -108,13 +113,56 @@ class VFMExtractor(nn.Module):
             "grid": list(self.grid),
             "channels": self.out_channels,
             "weights": self.weights,
+            **({"pretraining": record_summary(self.record)} if self.record else {}),
         }
+
+    @property
+    def description(self) -> str:
+        """How reports name this VFM."""
+        if self.record:
+            return self.record.get("description", "pretrained VFM")
+        return "random-init VFM" if self.weights == "random" else self.name
+
+
+# ------------------------------------------------------------------------------------------ weights records
+
+RECORD_SUFFIX = ".json"  # a weights file's record sits beside it: vfm.safetensors -> vfm.json
+RECORD_SUMMARY_KEYS = ("description", "objective", "label_free", "auxiliary_targets", "steps", "data_seed", "seconds",
+                       "probe", "layer_difference", "settings_key", "weights_fingerprint")
+
+
+def record_path(weights: str | Path) -> Path:
+    return Path(weights).with_suffix(RECORD_SUFFIX)
+
+
+def read_record(weights: str | Path) -> dict | None:
+    """The pretraining record beside a weights file, or None (e.g. an official DINOv2 checkpoint has none). A record
+    whose fingerprint names other weights is refused: it would put another model's probe scores in every report."""
+    path = record_path(weights)
+    if not Path(weights).is_file() or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsFormatError(f"{path}: not valid JSON ({exc}). Fix: rerun pretrain-vfm, or delete the file") from None
+    recorded = record.get("weights_fingerprint")
+    if recorded is not None and recorded != file_fingerprint(weights):
+        raise WeightsFormatError(
+            f"{path}: its weights_fingerprint {recorded} is not that of {weights}; the record belongs to other weights. "
+            f"Fix: rerun pretrain-vfm, or delete the stale record"
+        )
+    return record
+
+
+def record_summary(record: dict) -> dict:
+    """What meta.json and the reports carry of a pretraining record."""
+    return {k: record[k] for k in RECORD_SUMMARY_KEYS if k in record}
 
 
 # ------------------------------------------------------------------------------------------ building
 
 
-def _create(cfg: VFMConfig, pretrained: bool = False) -> VisionTransformer:
+def create_vit(cfg: VFMConfig, pretrained: bool = False) -> VisionTransformer:
     kwargs = dict(cfg.overrides)
     if "img_size" in kwargs:
         raise ValueError("vfm.overrides.img_size is not allowed: set vfm.input_height and vfm.input_width instead")
@@ -156,19 +204,21 @@ def _load_file(model: VisionTransformer, path, what: str) -> None:
 def build_vfm(cfg: VFMConfig, allow_random_weights: bool = False, device: str | torch.device = "cpu") -> VFMExtractor:
     """The frozen feature extractor described by `cfg`, on `device`."""
     what = f"VFM {cfg.name!r}"
+    record = None
     if cfg.weights:
         path = require_local_path(cfg.weights, what, VFM_WEIGHTS_OPTION)
         with seeded(0):
-            model = _create(cfg)
+            model = create_vit(cfg)
         _load_file(model, path, what)
         weights = file_weights_tag(path)
+        record = read_record(path)  # pretrain-vfm's record beside the weights, if any
     elif (hub_file := _hub_file(cfg)) is not None:
         with seeded(0):
-            model = _create(cfg)
+            model = create_vit(cfg)
         _load_file(model, hub_file, what)
         weights = hub_weights_tag(cfg.name)
-    elif _has_hub_weights(cfg) and hub_online():
-        model = _create(cfg, pretrained=True)
+    elif has_published_weights(cfg) and hub_online():
+        model = create_vit(cfg, pretrained=True)
         weights = hub_weights_tag(cfg.name)
     else:
         fix = (
@@ -178,8 +228,10 @@ def build_vfm(cfg: VFMConfig, allow_random_weights: bool = False, device: str | 
         )
         weights = refuse_or_warn_random(what, allow_random_weights, fix)
         with seeded(0):
-            model = _create(cfg)
-    return VFMExtractor(model, cfg.layers, (cfg.input_height, cfg.input_width), weights, name=cfg.name).to(device)
+            model = create_vit(cfg)
+    extractor = VFMExtractor(model, cfg.layers, (cfg.input_height, cfg.input_width), weights, name=cfg.name)
+    extractor.record = record
+    return extractor.to(device)
 
 
 def _hub_repo(cfg: VFMConfig) -> str | None:
@@ -197,7 +249,8 @@ def _hub_repo(cfg: VFMConfig) -> str | None:
     return getattr(pretrained, "hf_hub_id", None) or None
 
 
-def _has_hub_weights(cfg: VFMConfig) -> bool:
+def has_published_weights(cfg: VFMConfig) -> bool:
+    """Whether published weights exist for this architecture (DINOv2 sizes: yes; the tiny config's: no)."""
     return _hub_repo(cfg) is not None
 
 
