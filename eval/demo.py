@@ -53,6 +53,15 @@ def run_demo(
         console.rule(f"[bold]{name}")
         return time.perf_counter()
 
+    from train.vfm_pretrain import describe_run, with_pretrained_vfm
+
+    t = step("0. pretrain-vfm (the tiny VFM on the synthetic world's own seed streams; reused when it exists)")
+    cfg, record, reused = with_pretrained_vfm(cfg, root, workers=os.cpu_count() or 1)
+    if record is not None:
+        console.print(describe_run(record, reused))
+        result.outputs["vfm"] = cfg.vfm.weights
+    result.steps["vfm"] = time.perf_counter() - t
+
     data = root / "sample-data"
     t = step("1. make-sample-data")
     if not (data / "leftImg8bit_sequence").exists():

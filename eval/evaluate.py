@@ -18,6 +18,11 @@ Rows (methods):
   * `Re2Pix (Stage 1)`: the heads applied directly to Stage 1's predicted features of the annotated frame (no pixels,
     so no FID/FVD/PSNR/SSIM);
   * `Copy last frame`: pixels = the last context frame repeated; features = the last context feature frame;
+  * `Copy last frame (through the codec)`: the last context frame as the codec reconstructs it, repeated, and scored
+    like a generated row (VFM + PCA + heads on its pixels). Every generated row passes through the codec's decoder,
+    so this, not the pixel copy, is the like-for-like "nothing moves" reference;
+  * `Codec reconstruction`: the true future encoded and decoded (the cached latents), scored like a generated row:
+    the ceiling any generated row can reach through this codec;
   * `Oracle (true features)` (optional): the heads on the true features of the annotated frame, the ceiling of the
     feature-space rows.
 `samples` > 1 draws independent samples of every generative row (same seeds for every method: common random
@@ -61,6 +66,7 @@ from eval.scoring import (
     RowMetrics,
     add_note,
     build_metric_nets,
+    quantize,
     summarize,
 )
 from eval.visualize import GridCollector
@@ -73,8 +79,10 @@ from train import checkpoint as ckpt
 
 STAGE1_ROW = "Re2Pix (Stage 1)"
 COPY_ROW = "Copy last frame"
+CODEC_COPY_ROW = "Copy last frame (through the codec)"
+CODEC_ROW = "Codec reconstruction"
 ORACLE_ROW = "Oracle (true features)"
-REFERENCE_ROWS = (STAGE1_ROW, COPY_ROW, ORACLE_ROW)
+REFERENCE_ROWS = (STAGE1_ROW, COPY_ROW, CODEC_COPY_ROW, CODEC_ROW, ORACLE_ROW)
 
 # A renderer maps (batch of windows, sample index) to uint8 future frames [B, 3, K - M, H, W]: FrameRenderer, or
 # anything with that signature (another model, a stand-in) scored the same way.
@@ -121,12 +129,13 @@ def plan_stage2_jobs(stage2_runs: dict[str, str], p: EvalProtocol, all_checkpoin
 
 
 def score_reference_rows(p: EvalProtocol, oracle: bool, bar: Any, task: Any, grids: GridCollector) -> tuple[dict[str, RowMetrics], RealStats, dict[str, int]]:
-    """Copy-last, Stage 1 (and the oracle) on every window, and the real frames' Fréchet statistics."""
+    """Copy-last (pixels, and through the codec), the codec's reconstruction, Stage 1 (and the oracle) on every
+    window, and the real frames' Fréchet statistics."""
     nets, m = p.nets, p.context_frames
     fid_dim = int(nets.fid.dim) if nets.fid is not None else 0
     fvd_dim = int(nets.fvd.dim) if nets.fvd is not None else 0
     real = RealStats(FeatureStats(max(fid_dim, 1)), FeatureStats(max(fvd_dim, 1)))
-    rows = {COPY_ROW: p.new_scores(), STAGE1_ROW: p.new_scores()}
+    rows = {name: p.new_scores() for name in (COPY_ROW, CODEC_COPY_ROW, CODEC_ROW, STAGE1_ROW)}
     if oracle:
         rows[ORACLE_ROW] = p.new_scores()
     labelled = {"segmentation": 0, "depth": 0}
@@ -143,6 +152,11 @@ def score_reference_rows(p: EvalProtocol, oracle: bool, bar: Any, task: Any, gri
         copy = batch.truth[:, :, m - 1 : m].expand(-1, -1, p.predicted_frames, -1, -1)
         rows[COPY_ROW].add_frames(copy, real_future, nets, p.fvd_clips)
         p.score_features(rows[COPY_ROW], batch, batch.features[:, ctx - 1])
+        # The codecs are causal in time (WAN's CausalConv3d, the linear and pixel codecs' blocks), so frame M-1 of the
+        # whole window's reconstruction is the reconstruction of the context alone: one decode serves both rows.
+        reconstruction = quantize(p.codec.decode(batch.latents))
+        p.score_pixels(rows[CODEC_ROW], batch, reconstruction[:, :, m:])
+        p.score_pixels(rows[CODEC_COPY_ROW], batch, reconstruction[:, :, m - 1 : m].expand(-1, -1, p.predicted_frames, -1, -1))
         p.score_features(rows[STAGE1_ROW], batch, batch.predicted_features[:, p.annotated_feature - ctx])
         if oracle:
             p.score_features(rows[ORACLE_ROW], batch, batch.features[:, p.annotated_feature])
@@ -198,7 +212,9 @@ def assemble_results(p: EvalProtocol, reference: dict[str, RowMetrics], real: Re
         keys = list(METRICS) + [k for k in EXTRA_DEPTH_METRICS if k in per_sample[0]]
         return {"kind": kind, "samples": len(scores), **extra, "metrics": {k: summarize([x.get(k) for x in per_sample]) for k in keys}}
 
-    rows: dict[str, Any] = {COPY_ROW: row("copy_last", [reference[COPY_ROW]], {})}
+    rows: dict[str, Any] = {COPY_ROW: row("copy_last", [reference[COPY_ROW]], {}),
+                            CODEC_COPY_ROW: row("copy_last_codec", [reference[CODEC_COPY_ROW]], {}),
+                            CODEC_ROW: row("codec_reconstruction", [reference[CODEC_ROW]], {})}
     steps: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
         info = {**_provenance(job.config, job.path), "conditioning": job.config.get("conditioning"),
@@ -229,7 +245,8 @@ def provenance(p: EvalProtocol, jobs: list[Stage2Job]) -> dict[str, Any]:
         *[(f"Stage 2 '{j.run}'", j.config.get("random_weights")) for j in jobs if j.main],
     ) if flag]
     return {
-        "vfm": {"name": meta["vfm"].get("name"), "weights": meta["vfm"].get("weights")},
+        "vfm": {"name": meta["vfm"].get("name"), "weights": meta["vfm"].get("weights"),
+                **({"pretraining": meta["vfm"]["pretraining"]} if meta["vfm"].get("pretraining") else {})},
         "codec": {"name": meta["codec"].get("name"), "weights": meta["codec"].get("weights")},
         "pca_fingerprint": p.pca.fingerprint,
         "fid_net": getattr(nets.fid, "weights", RANDOM) if nets.fid is not None else "not computed",

@@ -115,7 +115,7 @@ def _provenance(results: dict[str, Any]) -> list[str]:
     else:
         lines += ["All weights are real (no random weights were used).", ""]
     body = [
-        ["VFM", str((prov.get("vfm") or {}).get("name")), str((prov.get("vfm") or {}).get("weights"))],
+        ["VFM", vfm_description(prov.get("vfm") or {}), str((prov.get("vfm") or {}).get("weights"))],
         ["Codec", str((prov.get("codec") or {}).get("name")), str((prov.get("codec") or {}).get("weights"))],
         ["PCA", "pca.safetensors", str(prov.get("pca_fingerprint"))],
         ["FID network", "Inception-v3 (TF 2015-12-05)", str(prov.get("fid_net"))],
@@ -130,6 +130,18 @@ def _provenance(results: dict[str, Any]) -> list[str]:
         body.append([f"Stage 2 '{run}'", _ckpt_text(info) + f" ({kind})", _random_text(info)])
     lines += _table(["Part", "What", "Weights / trained on"], body)
     return lines + [""]
+
+
+def vfm_description(vfm: dict[str, Any]) -> str:
+    """The VFM's name, and for a VFM made by pretrain-vfm what it is and how semantic its probe found it."""
+    pre = vfm.get("pretraining")
+    if not pre:
+        return str(vfm.get("name"))
+    probe = pre.get("probe") or {}
+    fine = ", ".join(f"C={c}: {v:.1f}" for c, v in sorted((probe.get("miou_by_components") or {}).items(), key=lambda kv: int(kv[0])))
+    return (f"{vfm.get('name')}: {pre.get('description')} ({pre.get('objective')}, {pre.get('steps')} steps); linear "
+            f"probe mIoU {probe.get('miou')} vs random-init {probe.get('miou_random')} ({fine}); layer difference "
+            f"{pre.get('layer_difference')}")
 
 
 def _ckpt_text(info: dict[str, Any]) -> str:
@@ -187,6 +199,10 @@ def describe_protocol(p: EvalProtocol, *, samples: int, seed: int, limit: int, w
         "generated_semantics": "VFM on the generated annotated frame (uint8 -> [0, 1]), PCA projection and reconstruction, heads",
         "stage1_row": f"heads on Stage 1's rollout of feature frame {p.annotated_feature} (window index {p.annotated})",
         "copy_last_row": f"pixels: window frame {m - 1} repeated; features: feature frame {ctx - 1} (window index {copy_index})",
+        "copy_last_codec_row": f"window frame {m - 1} as the codec reconstructs it from the cached latents, repeated; "
+                               "scored like a generated row (VFM + PCA + heads on its pixels)",
+        "codec_reconstruction_row": "the true future decoded from the cached latents, scored like a generated row: the "
+                                    "ceiling of any generated row through this codec",
         "sampling_overrides": sampling_overrides,
         "noise_seeds": "per (sample index, first window of the batch): the same noise for every method and checkpoint",
     }

@@ -289,6 +289,14 @@ def run_reproduce(
     seed_list = [cfg.seed + i for i in range(seeds)]
     jobs = int(jobs or default_jobs(device))
 
+    # ---- 0. the tiny VFM: pretrained on the synthetic world's own streams (made once, reused by its settings)
+    from train.vfm_pretrain import describe_run, with_pretrained_vfm
+
+    console.rule("[bold]reproduce: pretrain-vfm")
+    cfg, record, reused = _timed(timings, "vfm", lambda: with_pretrained_vfm(cfg, out, workers=os.cpu_count() or 1))
+    if record is not None:
+        console.print(describe_run(record, reused))
+
     # ---- 1. data and cache
     if root is None:
         if dataset != "synthetic":

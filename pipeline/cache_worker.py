@@ -100,6 +100,7 @@ class CacheWorker:
         codec = None if fitted_later else self._codec()
         return {
             "vfm_weights": self.vfm.weights,
+            "vfm_pretraining": self.vfm.meta().get("pretraining"),
             "vfm_channels": self.vfm.out_channels,
             "grid": list(self.vfm.grid),
             "codec_weights": None if codec is None else codec.weights,

@@ -509,6 +509,7 @@ def _meta_body(cfg, dataset, root, settings, info, pca, pca_info, windows, shard
             "weights": info["vfm_weights"],
             "out_channels": info["vfm_channels"],
             "grid": list(info["grid"]),
+            **({"pretraining": info["vfm_pretraining"]} if info.get("vfm_pretraining") else {}),
         },
         "pca": {"components": pca.n_components, "fit_split": cfg.pca.fit_split, "fingerprint": pca.fingerprint, **pca_info},
         "codec": {

@@ -14,6 +14,8 @@ REDUCED = [
     "stage2.train.steps=3", "stage2.train.batch_size=2", "stage2.train.ckpt_every=3", "stage2.train.val_every=3",
     "heads.train.steps=3", "heads.train.batch_size=2", "heads.train.ckpt_every=3", "heads.train.val_every=3",
     "stage2.diffusion.steps=3", "cache.shard_size=2",
+    "vfm_pretrain.steps=2", "vfm_pretrain.snippets=4", "vfm_pretrain.frames_per_snippet=2", "vfm_pretrain.batch_size=4",
+    "vfm_pretrain.probe_snippets=4", "vfm_pretrain.probe_val_snippets=2", "vfm_pretrain.probe_steps=2",
 ]
 
 

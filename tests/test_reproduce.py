@@ -17,7 +17,9 @@ REDUCED = [
     "stage1.train.steps=2", "stage1.train.batch_size=2", "stage1.train.ckpt_every=2", "stage1.train.val_every=2",
     "stage2.train.batch_size=2", "stage2.train.val_batches=1",
     "heads.train.steps=2", "heads.train.batch_size=2", "heads.train.ckpt_every=2", "heads.train.val_every=2",
-    "stage2.diffusion.steps=2", "cache.shard_size=2", "stage2.nested_dropout_levels=[8, 64]",
+    "stage2.diffusion.steps=2", "cache.shard_size=2",
+    "vfm_pretrain.steps=2", "vfm_pretrain.snippets=4", "vfm_pretrain.frames_per_snippet=2", "vfm_pretrain.batch_size=4",
+    "vfm_pretrain.probe_snippets=4", "vfm_pretrain.probe_val_snippets=2", "vfm_pretrain.probe_steps=2", "stage2.nested_dropout_levels=[8, 64]",
 ]
 
 
