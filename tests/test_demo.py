@@ -23,14 +23,20 @@ REDUCED = [
 def test_reduced_demo_runs_every_step(tmp_path):
     cfg = load_config("tiny", REDUCED)
     result = run_demo(cfg, tmp_path, train_snippets=3, val_snippets=2, workers=1, eval_windows=2)
-    assert list(result.steps) == ["data", "cache", "stage1", "pool", "stage2", "baseline", "predict", "heads", "evaluate"]
+    assert list(result.steps) == ["vfm", "data", "cache", "stage1", "pool", "stage2", "baseline", "predict", "heads", "evaluate"]
     for name in ("grid.png", "prediction.mp4", "side_by_side.mp4", "tensors.safetensors", "predict.json"):
         assert (tmp_path / "predict" / name).is_file(), name
     report = (tmp_path / "eval" / "report.md").read_text()
-    assert "RANDOM" in report and "Re2Pix" in report and "Baseline" in report and "Copy last frame" in report
+    assert "RANDOM" not in report  # nothing is random any more: pretrained VFM, fitted codec, trained models
+    assert "Re2Pix" in report and "Baseline" in report and "Copy last frame" in report
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"Re2Pix", "Baseline"} <= set(metrics["rows"])
     assert "report:" in result.line()
+    # the cache was made with the pretrained tiny VFM, through the weights-file path a DINOv2 checkpoint takes
+    meta = json.loads((tmp_path / "cache" / "synthetic" / "meta.json").read_text())
+    assert meta["vfm"]["weights"].startswith("file:")
+    assert meta["vfm"]["pretraining"]["description"] == "tiny VFM pretrained on the synthetic world"
+    assert "pretrained on the synthetic world" in report
     # a second run resumes every step instead of redoing it: no new checkpoints, the cache is left as it was
     before = sorted(p.name for p in (tmp_path / "stage1" / "checkpoints").iterdir())
     again = run_demo(cfg, tmp_path, train_snippets=3, val_snippets=2, workers=1, eval_windows=2)

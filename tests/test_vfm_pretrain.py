@@ -134,8 +134,9 @@ def test_tiny_pretraining_exports_weights_that_load_like_a_dinov2_checkpoint(tmp
     again, reused = pretrain_vfm(cfg, tmp_path / "vfm")
     assert reused and again == on_disk and weights.stat().st_mtime_ns == stamp
     assert settings_key(load_config("tiny", TINY_RUN + ["vfm_pretrain.steps=4"])) != settings_key(cfg)
-    made, record2, reused = with_pretrained_vfm(cfg, tmp_path)
+    made, remade, reused = with_pretrained_vfm(cfg, tmp_path)
     assert made.vfm.weights == str(tmp_path / "vfm" / settings_key(cfg) / WEIGHTS_FILE) and not reused
+    assert remade["weights_fingerprint"] == on_disk["weights_fingerprint"]  # same settings, same bytes
 
     # a record that names other weights is refused, not reported
     tensors = load_file(weights)
