@@ -5,7 +5,6 @@ one, labels are read at the file's own size through the manifest, and the real C
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 import eval.protocol as protocol_module
