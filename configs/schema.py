@@ -330,6 +330,17 @@ class EvalConfig:
     allow_random_metric_weights: bool = False
 
 
+LABEL_RESOLUTIONS = ("native", "window")
+
+
+@dataclass
+class ProtocolConfig:
+    # Where segmentation and depth are scored. "native": the labelled frame's label files at their own size
+    # (Cityscapes 1024x2048), read through the manifest, head logits upsampled bicubically to it (DINO-Foresight).
+    # "window": the labels the cache stored at the window size (cheaper; not the paper's numbers).
+    label_resolution: str = "native"
+
+
 @dataclass
 class PathsConfig:
     root: str = "runs/paper"  # every default output lives below this folder
@@ -351,6 +362,7 @@ class Config:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     # ---- derived sizes (the contract between stages) ----
@@ -417,6 +429,8 @@ class Config:
         if not 0.0 <= self.stage2.mixed_supervision_prob <= 1.0:
             raise ConfigError(f"stage2.mixed_supervision_prob={self.stage2.mixed_supervision_prob} must be in [0, 1]")
         check_sampler(self.stage2.diffusion.sampler)
+        if self.protocol.label_resolution not in LABEL_RESOLUTIONS:
+            raise ConfigError(f"protocol.label_resolution={self.protocol.label_resolution!r}: choose one of {', '.join(LABEL_RESOLUTIONS)}")
         for name, sec in (("stage1", self.stage1.train), ("stage2", self.stage2.train), ("heads", self.heads.train)):
             if sec.mixed_precision not in ("auto", "no", "bf16", "fp16"):
                 raise ConfigError(f"{name}.train.mixed_precision={sec.mixed_precision!r}: choose auto, no, bf16 or fp16")

@@ -16,6 +16,7 @@ from torch import nn
 
 from configs.schema import Config
 from eval.feature_nets import FVD_MIN_FRAMES
+from eval.native_labels import read_native_label
 from eval.predict import build_frozen_codec, build_frozen_vfm, checkpoint_config
 from eval.scoring import MetricNets, RowMetrics, add_note, quantize
 from models.heads import HEAD_TASKS, build_head, predict_labels
@@ -43,8 +44,8 @@ class EvalBatch:
     latents: torch.Tensor  # [B, Cz, Tl, H', W'] true latents
     truth: torch.Tensor  # uint8 [B, 3, K, H, W] true frames
     predicted_features: torch.Tensor  # [B, Tf - ctx, C, h, w] Stage 1 rollout
-    seg_labels: torch.Tensor  # [B, H, W] long (all 255 where the window has no usable label)
-    depth_labels: torch.Tensor  # [B, H, W] long (all 0 where none)
+    seg_labels: list[torch.Tensor]  # per window [H, W] long at the label resolution (all 255 where no usable label)
+    depth_labels: list[torch.Tensor]  # per window [H, W] long (all 0 where none)
     seg_valid: torch.Tensor  # [B] bool
     depth_valid: torch.Tensor  # [B] bool
 
@@ -78,6 +79,7 @@ class EvalProtocol:
     annotated: int  # window index of the annotated frame
     annotated_feature: int  # its feature frame
     fvd_clips: bool  # whether the predicted clips are long enough for I3D
+    label_resolution: str = "window"  # "native": label files at their own size; "window": the cache's labels
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -119,29 +121,63 @@ class EvalProtocol:
             raise CacheError(f"{self.cache}: window rows {idx} give {real.shape[2]} truth frames, the window has {self.window_frames}")
         label_index = reader.manifest["label_index"].to_numpy()
         labelled = torch.tensor([int(label_index[r]) == self.annotated for r in idx])
-        size = (self.height, self.width)
-        seg_array = reader.array(layout.SEGMENTATION) if reader.has(layout.SEGMENTATION) else None
-        depth_array = reader.array(layout.DEPTH) if reader.has(layout.DEPTH) else None
-        seg = torch.stack([torch.from_numpy(np.asarray(seg_array[r]).astype(np.int64)) if seg_array is not None
-                           else torch.full(size, 255, dtype=torch.int64) for r in idx])
-        dep = torch.stack([torch.from_numpy(np.asarray(depth_array[r]).astype(np.int64)) if depth_array is not None
-                           else torch.zeros(size, dtype=torch.int64) for r in idx])
-        seg_valid = labelled & (seg != 255).flatten(1).any(1)
-        depth_valid = labelled & (dep != 0).flatten(1).any(1)
+        seg, dep = self.load_labels(idx)
+        seg_valid = labelled & torch.tensor([bool((s != 255).any()) for s in seg])
+        depth_valid = labelled & torch.tensor([bool((d != 0).any()) for d in dep])
         ctx = self.context_latent_frames
         with torch.no_grad(), inference_autocast(dev):
             predicted = rollout_from_history(self.stage1, feats[:, :ctx], self.latent_frames - ctx).float()
-        return EvalBatch(idx, feats, lats, real, predicted, seg.to(dev), dep.to(dev), seg_valid.to(dev), depth_valid.to(dev))
+        return EvalBatch(idx, feats, lats, real, predicted, [s.to(dev) for s in seg], [d.to(dev) for d in dep],
+                         seg_valid.to(dev), depth_valid.to(dev))
+
+    def load_labels(self, idx: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per window: segmentation train ids (255 = none) and depth bins (0 = none), long, at the label resolution:
+        the label files' own size ("native", read through the manifest) or the cache's window-size copies."""
+        reader = self.reader
+        if self.label_resolution == "native":
+            rows = [reader.manifest.row(r, named=True) for r in idx]
+            found = [(read_native_label(row, "segmentation"), read_native_label(row, "depth")) for row in rows]
+            seg = [torch.from_numpy(s.astype(np.int64)) if s is not None else torch.full((1, 1), 255, dtype=torch.int64)
+                   for s, _ in found]
+            dep = [torch.from_numpy(d.astype(np.int64)) if d is not None else torch.zeros((1, 1), dtype=torch.int64)
+                   for _, d in found]
+            return seg, dep
+        size = (self.height, self.width)
+        seg_array = reader.array(layout.SEGMENTATION) if reader.has(layout.SEGMENTATION) else None
+        depth_array = reader.array(layout.DEPTH) if reader.has(layout.DEPTH) else None
+        seg = [torch.from_numpy(np.asarray(seg_array[r]).astype(np.int64)) if seg_array is not None
+               else torch.full(size, 255, dtype=torch.int64) for r in idx]
+        dep = [torch.from_numpy(np.asarray(depth_array[r]).astype(np.int64)) if depth_array is not None
+               else torch.zeros(size, dtype=torch.int64) for r in idx]
+        return seg, dep
 
     # ------------------------------------------------------------------------------------------- scorers
 
     def score_features(self, scores: RowMetrics, batch: EvalBatch, coefficients: torch.Tensor) -> None:
-        """Heads on PCA feature maps [B, C, h, w] of the annotated frame, against the windows' labels."""
-        size = (self.height, self.width)
-        seg = predict_labels(self.heads["segmentation"][0], "segmentation", self.pca_on_device, coefficients, size)
-        dep = predict_labels(self.heads["depth"][0], "depth", self.pca_on_device, coefficients, size)
-        scores.add_semantics(seg[batch.seg_valid], batch.seg_labels[batch.seg_valid],
-                             dep[batch.depth_valid], batch.depth_labels[batch.depth_valid])
+        """Heads on PCA feature maps [B, C, h, w] of the annotated frame, against the windows' labels: the logits are
+        upsampled bicubically to each label's size and argmaxed there (DINO-Foresight's protocol)."""
+        if self.label_resolution == "window":
+            size = (self.height, self.width)
+            seg = predict_labels(self.heads["segmentation"][0], "segmentation", self.pca_on_device, coefficients, size)
+            dep = predict_labels(self.heads["depth"][0], "depth", self.pca_on_device, coefficients, size)
+            seg_labels, depth_labels = torch.stack(batch.seg_labels), torch.stack(batch.depth_labels)
+            scores.add_semantics(seg[batch.seg_valid], seg_labels[batch.seg_valid],
+                                 dep[batch.depth_valid], depth_labels[batch.depth_valid])
+            return
+        # Native labels: one window at a time, so at most one full-size logit chunk exists (models.dpt.upsampled_argmax).
+        scores.add_semantics(None, None, None, None)
+        for i in range(coefficients.shape[0]):
+            for task, valid, labels in (("segmentation", batch.seg_valid, batch.seg_labels),
+                                        ("depth", batch.depth_valid, batch.depth_labels)):
+                if not bool(valid[i]):
+                    continue
+                label = labels[i]
+                predicted = predict_labels(self.heads[task][0], task, self.pca_on_device, coefficients[i : i + 1],
+                                           tuple(label.shape))
+                if task == "segmentation":
+                    scores.add_semantics(predicted, label[None], None, None)
+                else:
+                    scores.add_semantics(None, None, predicted, label[None])
 
     def score_pixels(self, scores: RowMetrics, batch: EvalBatch, future: torch.Tensor) -> None:
         """Generated uint8 future [B, 3, T, H, W]: pixel metrics, then VFM + PCA + heads on its annotated frame."""
@@ -196,6 +232,7 @@ def open_protocol(
         context_frames=m_frames, height=height, width=width, feature_indices=feature_indices,
         context_latent_frames=int(meta["context_latent_frames"]), latent_frames=int(meta["latent_frames"]),
         annotated=annotated, annotated_feature=annotated_feature, fvd_clips=fvd_clips,
+        label_resolution=cfg.protocol.label_resolution,
     )
 
 

@@ -190,9 +190,13 @@ def describe_protocol(p: EvalProtocol, *, samples: int, seed: int, limit: int, w
         "fvd": (f"one clip of {future} predicted frames per window vs the real clip ({windows} clips per side); "
                 f"every frame squashed to 224x224 (no crop), I3D Kinetics-400 logits averaged over time ({fvd_dim}-d); "
                 "Fréchet distance with N-1 covariances") if p.fvd_clips else "n/a (clips too short)",
+        "label_resolution": p.label_resolution,
         "segmentation": f"{p.num_classes} classes, one confusion matrix over the set, ignore 255; moving objects = train ids "
-                        f"11-18; logits upsampled bicubically to the label resolution {p.height}x{p.width} (the cache's window size)",
-        "depth": "8-bit pseudo-disparity bins compared directly (no scale/shift alignment), valid = gt > 0, predicted bin 0 "
+                        "11-18; head logits (8x the token grid) upsampled bicubically to the label resolution, "
+                        + ("each label file's own size, read through the manifest (native, as DINO-Foresight: 1024x2048 "
+                           "on Cityscapes)" if p.label_resolution == "native"
+                           else f"{p.height}x{p.width}, the cache's window-size labels (not DINO-Foresight's 1024x2048)"),
+        "depth": "8-bit pseudo-disparity bins compared directly (no scale/shift alignment), argmax of the 256 upsampled bins, valid = gt > 0, predicted bin 0 "
                  "clamped to 1, per-image metrics averaged over images",
         "psnr_ssim": "frames quantised to uint8, scaled to [0, 1]; per frame, averaged over all predicted frames; "
                      f"SSIM Gaussian 11x11 sigma 1.5, {SSIM_BORDER} borders",

@@ -186,15 +186,33 @@ def depth_loss(logits: torch.Tensor, depth_bins: torch.Tensor, ignore_index: int
     return F.cross_entropy(logits, depth_bins.long(), ignore_index=ignore_index)
 
 
+# Channels upsampled at once by `upsampled_argmax`: 32 x 1024 x 2048 float32 = 256 MB, whatever the number of bins.
+ARGMAX_CHANNEL_CHUNK = 32
+
+
+def upsampled_argmax(logits: torch.Tensor, size: tuple[int, int], chunk: int = ARGMAX_CHANNEL_CHUNK) -> torch.Tensor:
+    """argmax over channels of `upsample_logits(logits, size)` -> [B, H, W] long, upsampling `chunk` channels at a
+    time. Bicubic interpolation acts on each channel alone, so this equals the one-shot argmax (ties go to the first
+    channel, as torch.argmax), while the 256 depth bins at 1024x2048 never exist as one 2 GB tensor."""
+    if logits.shape[1] <= chunk:
+        return upsample_logits(logits, size).argmax(dim=1)
+    best_value = best_index = None
+    for start in range(0, logits.shape[1], chunk):
+        value, index = upsample_logits(logits[:, start : start + chunk], size).max(dim=1)
+        if best_value is None:
+            best_value, best_index = value, index
+        else:
+            better = value > best_value  # strict: an equal later channel does not replace the first maximum
+            best_value = torch.where(better, value, best_value)
+            best_index = torch.where(better, index + start, best_index)
+    return best_index
+
+
 def depth_from_logits(logits: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Predicted depth bin per pixel: argmax of the (optionally upsampled) logits -> [B, H, W] long."""
-    if size is not None:
-        logits = upsample_logits(logits, size)
-    return logits.argmax(dim=1)
+    return logits.argmax(dim=1) if size is None else upsampled_argmax(logits, size)
 
 
 def segmentation_from_logits(logits: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Predicted train id per pixel -> [B, H, W] long."""
-    if size is not None:
-        logits = upsample_logits(logits, size)
-    return logits.argmax(dim=1)
+    return logits.argmax(dim=1) if size is None else upsampled_argmax(logits, size)

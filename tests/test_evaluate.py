@@ -251,3 +251,21 @@ def test_build_metric_nets_uses_the_real_architectures():
     nets = build_metric_nets(load_config("tiny"), allow_random=True)
     assert (nets.fid.dim, nets.fvd.dim) == (2048, 400)
     assert nets.fid.weights == "random" and nets.fvd.weights == "random"
+
+
+def test_native_labels_score_like_window_labels_when_the_source_is_window_sized(setup, tmp_path):
+    """The synthetic source is written at the window size (64x128), so native scoring (the label files read through
+    the manifest) must give exactly the window scoring's semantic metrics: same labels, same logits, same argmax."""
+    results = {}
+    for mode in ("window", "native"):
+        cfg = load_config("tiny", {**TRAIN, "protocol.label_resolution": mode})
+        with pytest.MonkeyPatch.context() as mp:
+            _tiny_builders(mp, [])
+            results[mode] = evaluate(cfg, setup["cache"], setup["heads"], setup["stage1"], {}, str(tmp_path / mode),
+                                     allow_random_metric_weights=True, allow_random_weights=True, fid_fvd=False)
+    assert results["native"]["protocol"]["label_resolution"] == "native"
+    assert results["native"]["protocol"]["windows_with_segmentation"] > 0
+    assert results["native"]["rows"][STAGE1_ROW]["metrics"]["miou"]["mean"] is not None
+    for row in (COPY_ROW, STAGE1_ROW, ORACLE_ROW):
+        for metric in SEMANTIC_METRICS:
+            assert results["native"]["rows"][row]["metrics"][metric] == results["window"]["rows"][row]["metrics"][metric]
