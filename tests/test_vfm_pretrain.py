@@ -152,3 +152,24 @@ def test_pretraining_refuses_an_architecture_with_published_weights():
         pretrain_vfm(load_config("paper"))
     cfg = load_config("paper")
     assert with_pretrained_vfm(cfg) == (cfg, None, True)  # DINOv2 at paper size: nothing to make
+
+
+def test_cache_with_vfm_weights_records_the_pretrained_vfm(sample_data, tmp_path):
+    """The CLI path a researcher takes: `pretrain-vfm`, then `cache --vfm-weights`; meta.json names the weights by
+    fingerprint (not `random`) and carries the pretraining record."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    sets = [arg for s in TINY_RUN for arg in ("--set", s)]
+    made = CliRunner().invoke(app, ["pretrain-vfm", "--out", str(tmp_path / "vfm"), "--render-workers", "1", *sets])
+    assert made.exit_code == 0, made.output
+    assert "pretrain-vfm: VFM made" in made.output and "probe mIoU" in made.output
+    weights = tmp_path / "vfm" / WEIGHTS_FILE
+    cached = CliRunner().invoke(app, ["cache", "--dataset", "synthetic", "--root", str(sample_data), "--out",
+                                      str(tmp_path / "cache"), "--workers", "1", "--vfm-weights", str(weights)])
+    assert cached.exit_code == 0, cached.output
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    assert meta["vfm"]["weights"] == file_weights_tag(weights)
+    assert meta["vfm"]["pretraining"]["weights_fingerprint"] == file_weights_tag(weights).removeprefix("file:")
+    assert meta["vfm"]["pretraining"]["probe"]["miou_random"] >= 0
