@@ -154,6 +154,7 @@ def test_pretraining_refuses_an_architecture_with_published_weights():
     assert with_pretrained_vfm(cfg) == (cfg, None, True)  # DINOv2 at paper size: nothing to make
 
 
+@pytest.mark.slow  # pretrains through the CLI, then caches with Ray: 1-2.5 min
 def test_cache_with_vfm_weights_records_the_pretrained_vfm(sample_data, tmp_path):
     """The CLI path a researcher takes: `pretrain-vfm`, then `cache --vfm-weights`; meta.json names the weights by
     fingerprint (not `random`) and carries the pretraining record."""
