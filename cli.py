@@ -231,7 +231,7 @@ def make_predicted_pool(
     batch_size: int = typer.Option(8, help="Windows per rollout batch."),
     device: str = DeviceOpt,
     overwrite: bool = typer.Option(False, help="Replace a pool written by another Stage 1 checkpoint."),
-    folds: int = typer.Option(1, help="Cross-fit the pool: K Stage 1 models, each trained like --stage1 without one fold, predict that fold (costs K trainings; 1 = the given checkpoint predicts every window)."),
+    folds: str = typer.Option("auto", help="Cross-fit the pool: K Stage 1 models, each trained like --stage1 without one fold, predict that fold (costs K trainings; 1 = the given checkpoint predicts every window; auto = 2 when a probe finds the in-sample pool's cosine to the truth above the val forecasts' by more than 0.02, else 1; recorded in meta.json pool.folds_choice)."),
 ) -> None:
     """Roll Stage 1 out on every training window and write its predicted future features into the cache's pool/;
     prints how close the pool is to the truth next to Stage 1's forecasts of the val windows."""

@@ -316,7 +316,7 @@ def run_reproduce(
     console.rule("[bold]reproduce: Stage 1, pool, heads (shared by every seed)")
     _timed(timings, "stage1", lambda: train_stage1(cfg, cache, stage1, resume=True))
     if any(v in variants for v in (RE2PIX, NESTED_OFF, PRED_ONLY)):
-        _timed(timings, "pool", lambda: make_predicted_pool(cache, stage1))
+        _timed(timings, "pool", lambda: make_predicted_pool(cache, stage1, folds="auto"))
     heads = _timed(timings, "heads", lambda: prepare_heads(cfg, cache, out, workers))
 
     # ---- 3. Stage 2 variants per seed, `jobs` at a time
