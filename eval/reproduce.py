@@ -87,6 +87,17 @@ def vfm_metric_nets(cfg: Config, cache: str, device: str | None) -> Any:
     return MetricNets(fid=VFMFeatureNet(vfm, pca, int(cfg.vfm.batch_size)), fvd=None)
 
 
+def study_tags(seed_evals: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The study's protocol tags (eval/protocol_tag.py): Figure 3's evaluation (its 'fid' is FD-VFM) and, when run,
+    the real FID / FVD evaluation's."""
+    tags = dict((seed_evals.get("figure3") or {}).get("protocol_tags") or {})
+    if "fid" in tags:
+        tags["fd_vfm"] = tags.pop("fid")
+    real = (seed_evals.get("fid_fvd") or {}).get("protocol_tags") or {}
+    tags.update({k: v for k, v in real.items() if k in ("fid", "fvd")})
+    return tags
+
+
 # --------------------------------------------------------------------------------------------- orchestration
 
 
@@ -375,6 +386,7 @@ def run_reproduce(
 
     # ---- 5. claims
     results = build_results(cfg, per_seed, curves, runs, evals, variants, steps, seed_list, dataset, str(root), sweeps)
+    results["protocol_tags"] = study_tags(evals[seed_list[0]])
     results["estimate"] = estimate_default(runs, evals, timings, seeds=3, steps=LAPTOP_STEPS, windows=VAL_SNIPPETS, parallel=jobs)
     result.seconds = time.perf_counter() - t_all
     results["seconds"] = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(result.seconds, 1)}

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from eval.protocol_tag import tags_line
 from eval.report import COLUMNS, format_cell, plot_metric_vs_step
 from pipeline import atomic
 
@@ -89,6 +90,8 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
         f"{seconds.get('total', 0):.0f} s (this call; reused runs cost nothing).",
         "",
     ]
+    if results.get("protocol_tags"):
+        lines += [tags_line(results["protocol_tags"]) + " (compare numbers only under equal tags)", ""]
     if (results.get("windows") or 0) < 64:
         lines += [f"> Only {results['windows']} val windows: differences this small a set shows are hardly measurable "
                   "(the default synthetic set has 64).", ""]
