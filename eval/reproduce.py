@@ -37,7 +37,6 @@ from eval.task_pool import Task, default_jobs, run_tasks
 from eval.variants import (
     BASELINE,
     CURVE_VARIANTS,
-    LAPTOP_STEPS,
     NESTED_OFF,
     PRED_ONLY,
     RE2PIX,
@@ -277,9 +276,11 @@ def run_reproduce(
     cfg: Config, out: Path | str, *, dataset: str = "synthetic", root: Path | str | None = None, seeds: int = 3,
     steps: int | None = None, variants: list[str] | None = None, sweeps: bool = True,
     train_snippets: int = TRAIN_SNIPPETS, val_snippets: int = VAL_SNIPPETS, workers: int = 0, eval_limit: int = 0,
-    device: str | None = None, jobs: int | None = None,
+    device: str | None = None, jobs: int | None = None, preset: str = "default",
 ) -> Reproduction:
-    """Run (or resume) the whole study into `out`; returns what was done and the results written to reproduce.json."""
+    """Run (or resume) the whole study into `out`; returns what was done and the results written to reproduce.json.
+    `preset` (eval/presets.py) gives the default steps and variants; `steps` / `variants` given here win."""
+    from eval.presets import describe, resolve_preset
     from eval.reproduce_report import write_reproduction
     from pipeline.dag import build_cache
     from pipeline.synthetic import write_sample_dataset
@@ -290,8 +291,9 @@ def run_reproduce(
     t_all = time.perf_counter()
     result = Reproduction(out=out)
     timings = result.timings
-    steps = int(steps or (LAPTOP_STEPS if cfg.name == "tiny" else cfg.stage2.train.steps))
-    variants = list(variants or VARIANTS)
+    chosen = resolve_preset(preset)
+    steps = int(steps or (chosen.steps if cfg.name == "tiny" else cfg.stage2.train.steps))
+    variants = list(variants or chosen.variants)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or RE2PIX not in variants:
         raise ConfigError(f"variants {unknown or variants}: choose from {list(VARIANTS)} (Re2Pix is always needed)")
@@ -387,7 +389,9 @@ def run_reproduce(
     # ---- 5. claims
     results = build_results(cfg, per_seed, curves, runs, evals, variants, steps, seed_list, dataset, str(root), sweeps)
     results["protocol_tags"] = study_tags(evals[seed_list[0]])
-    results["estimate"] = estimate_default(runs, evals, timings, seeds=3, steps=LAPTOP_STEPS, windows=VAL_SNIPPETS, parallel=jobs)
+    results["preset"] = describe(chosen)
+    results["estimate"] = {**estimate_default(runs, evals, timings, seeds=chosen.seeds, steps=chosen.steps,
+                                              windows=chosen.val_snippets, parallel=jobs), "preset": chosen.name}
     result.seconds = time.perf_counter() - t_all
     results["seconds"] = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(result.seconds, 1)}
     results["this_call"] = {"trained": result.trained, "evaluated": result.evaluated, "jobs": jobs}

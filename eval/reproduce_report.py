@@ -90,6 +90,10 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
         f"{seconds.get('total', 0):.0f} s (this call; reused runs cost nothing).",
         "",
     ]
+    preset = results.get("preset") or {}
+    if preset:
+        lines += [f"Preset `{preset['name']}`" + (f"; cut: {'; '.join(preset['cut'])}" if preset.get("cut") else "")
+                  + f". Figure 3: {preset['figure3']}.", ""]
     if results.get("protocol_tags"):
         lines += [tags_line(results["protocol_tags"]) + " (compare numbers only under equal tags)", ""]
     if (results.get("windows") or 0) < 64:
@@ -150,7 +154,7 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
               "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
     est = results.get("estimate") or {}
     if est:
-        lines += ["", f"Estimated time of the default study ({est['seeds']} seeds, {est['stage2_steps']} Stage 2 steps, "
+        lines += ["", f"Estimated time of the {est.get('preset', 'default')} study ({est['seeds']} seeds, {est['stage2_steps']} Stage 2 steps, "
                   f"{est['windows']} val windows) from this run's measured step times: {est['total_seconds'] / 60:.0f} min "
                   f"(Stage 2 training {est['train_seconds'] / 60:.0f} min, evaluation {est['eval_seconds'] / 60:.0f} min at "
                   f"{est['eval_seconds_per_window_job']:.2f} s per window and generative job x {est['eval_jobs_per_seed']} jobs "

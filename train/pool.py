@@ -56,7 +56,6 @@ from pipeline.store import (
 from train import checkpoint as ckpt
 from train.stage1 import build_stage1_model, check_stage1_fits_cache
 
-
 FOLDS_AUTO = "auto"
 AUTO_FOLDS = 2  # the cheapest cross-fitting (two more Stage 1 trainings); every entry is then out of sample
 # The margin on the cosine gap (pool minus val forecasts, mean over rollout steps) above which the pool is
