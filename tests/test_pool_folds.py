@@ -98,3 +98,19 @@ def test_cli_refuses_folds_zero_and_documents_auto(tmp_path):
     assert bad.exit_code == 2 and "--folds 'zero'" in bad.output and "Traceback" not in bad.output
     help_text = " ".join(runner.invoke(app, ["make-predicted-pool", "--help"]).output.split())
     assert "auto" in help_text and "folds_choice" in help_text
+
+
+def test_auto_keeps_the_plain_pool_when_one_fold_would_hold_every_training_window(tmp_path, monkeypatch):
+    from tests.cache_fixtures import make_cache
+    from train.pool import fold_of
+
+    # the fixture's ids are synthetic/clip_<i>/000000: the first two in fold 0 are the only training windows
+    ids = [f"synthetic/clip_{i:03d}/000000" for i in range(10)]
+    train = [i for i, s in enumerate(ids) if fold_of(s, AUTO_FOLDS) == 0][:2]
+    assert len(train) == 2
+    cache = make_cache(tmp_path / "cache", num_samples=10, shard_size=4,
+                       splits=["train" if i in train else "val" for i in range(10)])
+    path, _ = _stage1_checkpoint(tmp_path / "s1", seed=0)
+    monkeypatch.setattr(pool_mod, "probe_quality", lambda *a, **k: {"gap": 0.12, "gap_se": 0.01})
+    summary = make_predicted_pool(cache, path, device="cpu", folds="auto")
+    assert summary["folds"] == 1 and "one fold" in summary["folds_choice"]["reason"]

@@ -210,6 +210,10 @@ def make_predicted_pool(
     if requested == FOLDS_AUTO:
         probe = probe_quality(reader, model, ctx, np.flatnonzero(chosen), batch_size, dev)
         folds, reason = choose_folds(probe, margin)
+        train_ids = [ids[int(r)] for r in reader.samples(split)]
+        if folds > 1 and any(all(fold_of(i, folds) == k for i in train_ids) for k in range(folds)):
+            folds, reason = 1, reason + f"; but every training window falls in one fold of {folds}, so no fold model " \
+                                        "could be trained without it: the plain pool"
         folds_choice = {"requested": FOLDS_AUTO, "chosen": folds, "margin": margin, "gap": probe["gap"],
                         "reason": reason, "probe": probe}
     else:
