@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from configs.schema import ConfigError
+from configs.schema import Config, ConfigError
 from eval.claims import estimate_default
 from eval.variants import (
     BASELINE,
@@ -96,7 +96,7 @@ def describe(preset: Preset) -> dict[str, object]:
     return {**asdict(preset), "variants": list(preset.variants), "cut": list(preset.cut)}
 
 
-def eval_jobs_per_seed(preset: Preset, cfg) -> int:
+def eval_jobs_per_seed(preset: Preset, cfg: Config) -> int:
     """Generative jobs evaluate runs per seed: Figure 3 (every curve checkpoint of Re2Pix and Baseline), the other
     variants' final checkpoints, Table 5's component levels and appendix 6.2's guidance settings."""
     from eval.variants import CURVE_VARIANTS, components_levels
@@ -109,7 +109,7 @@ def eval_jobs_per_seed(preset: Preset, cfg) -> int:
     return jobs
 
 
-def estimate_preset(preset: Preset, cfg, measured: dict[str, float] = MEASURED) -> dict[str, object]:
+def estimate_preset(preset: Preset, cfg: Config, measured: dict[str, float] = MEASURED) -> dict[str, object]:
     """The preset's time from measured per-step and per-window costs, through eval/claims.py's estimate_default (the
     same arithmetic as every reproduce.json's estimate): Stage 2 s/step x steps x variants x seeds + evaluation s per
     (window x job) x jobs per seed x windows x seeds, both divided by the parallel jobs, + the shared steps."""
