@@ -328,8 +328,10 @@ def run_reproduce(
     stage1 = str(out / "stage1")
     console.rule("[bold]reproduce: Stage 1, pool, heads (shared by every seed)")
     _timed(timings, "stage1", lambda: train_stage1(cfg, cache, stage1, resume=True))
+    pool_folds = None  # make-predicted-pool --folds auto's choice and why (reproduce.json, report.md)
     if any(v in variants for v in (RE2PIX, NESTED_OFF, PRED_ONLY)):
-        _timed(timings, "pool", lambda: make_predicted_pool(cache, stage1, folds="auto"))
+        pool = _timed(timings, "pool", lambda: make_predicted_pool(cache, stage1, folds="auto"))
+        pool_folds = {k: v for k, v in pool["folds_choice"].items() if k != "probe"}
     heads = _timed(timings, "heads", lambda: prepare_heads(cfg, cache, out, workers))
 
     # ---- 3. Stage 2 variants per seed, `jobs` at a time
@@ -390,6 +392,8 @@ def run_reproduce(
     results = build_results(cfg, per_seed, curves, runs, evals, variants, steps, seed_list, dataset, str(root), sweeps)
     results["protocol_tags"] = study_tags(evals[seed_list[0]])
     results["preset"] = describe(chosen)
+    if pool_folds:
+        results["pool_folds"] = pool_folds
     results["estimate"] = {**estimate_default(runs, evals, timings, seeds=chosen.seeds, steps=chosen.steps,
                                               windows=chosen.val_snippets, parallel=jobs), "preset": chosen.name}
     result.seconds = time.perf_counter() - t_all

@@ -96,6 +96,9 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
                   + f". Figure 3: {preset['figure3']}.", ""]
     if results.get("protocol_tags"):
         lines += [tags_line(results["protocol_tags"]) + " (compare numbers only under equal tags)", ""]
+    if results.get("pool_folds"):
+        f = results["pool_folds"]
+        lines += [f"Predicted-feature pool (Table 4's mixed supervision): folds {f['requested']} -> {f['chosen']}: {f['reason']}.", ""]
     if (results.get("windows") or 0) < 64:
         lines += [f"> Only {results['windows']} val windows: differences this small a set shows are hardly measurable "
                   "(the default synthetic set has 64).", ""]
