@@ -231,7 +231,7 @@ def make_predicted_pool(
     batch_size: int = typer.Option(8, help="Windows per rollout batch."),
     device: str = DeviceOpt,
     overwrite: bool = typer.Option(False, help="Replace a pool written by another Stage 1 checkpoint."),
-    folds: int = typer.Option(1, help="Cross-fit the pool: K Stage 1 models, each trained like --stage1 without one fold, predict that fold (costs K trainings; 1 = the given checkpoint predicts every window)."),
+    folds: str = typer.Option("auto", help="Cross-fit the pool: K Stage 1 models, each trained like --stage1 without one fold, predict that fold (costs K trainings; 1 = the given checkpoint predicts every window; auto = 2 when a probe finds the in-sample pool's cosine to the truth above the val forecasts' by more than 0.02, else 1; recorded in meta.json pool.folds_choice)."),
 ) -> None:
     """Roll Stage 1 out on every training window and write its predicted future features into the cache's pool/;
     prints how close the pool is to the truth next to Stage 1's forecasts of the val windows."""
@@ -398,9 +398,10 @@ def reproduce(
     dataset: str = typer.Option("synthetic", help="synthetic (made here when --root is not given) | videos | cityscapes | nuscenes | kitti | covla."),
     root: Optional[Path] = typer.Option(None, help="Dataset folder (default: the synthetic set is rendered into --out/sample-data)."),
     seeds: int = typer.Option(3, help="Seeds per Stage 2 variant (seed, seed+1, ...); `holds` needs at least 2."),
-    steps: Optional[int] = typer.Option(None, help="Stage 2 steps of EVERY variant (default: 200 for tiny, sized for about an hour on 2 cores; the config's for other presets)."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: <paths.root>/reproduce). Re-running resumes: finished runs and evaluations are reused."),
-    variants: Optional[list[str]] = typer.Option(None, "--variant", help="Only these Stage 2 variants (repeatable; default: all eight of Tables 1, 3, 4)."),
+    steps: Optional[int] = typer.Option(None, help="Stage 2 steps of EVERY variant (default: the preset's for tiny: 200 (default, about an hour on 2 cores) or 1000 (long); the config's for other configs)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: <paths.root>/reproduce, or <paths.root>/reproduce-long for --preset long). Re-running resumes: finished runs and evaluations are reused."),
+    variants: Optional[list[str]] = typer.Option(None, "--variant", help="Only these Stage 2 variants (repeatable; default: the preset's: all eight of Tables 1, 3, 4, or for long Re2Pix, Baseline and the Table 3 / 4 ablations)."),
+    preset: str = typer.Option("default", help="Study size: default (200 steps, every variant, about an hour on 2 cores) | long (1000 Stage 2 steps per variant, 3 seeds, Tables 3 / 4 / 5 / appendix 6.2 first; cuts Baseline-Large, REPA, VideoREPA; estimated 89 min on 2 cores). See eval/presets.py."),
     sweeps: bool = typer.Option(True, "--sweeps/--no-sweeps", help="Run Table 5 (components) and appendix 6.2 (guidance) sweeps."),
     limit: int = typer.Option(0, help="Evaluate at most this many val windows (0: all; the synthetic set has 64)."),
     workers: int = typer.Option(0, help="Ray workers for the cache step (0: automatic)."),
@@ -408,11 +409,37 @@ def reproduce(
     device: str = DeviceOpt,
 ) -> None:
     """The paper's claims (Tables 1, 3, 4, 5, Figure 3, appendix 6.2) measured with seeds: reproduce.json and report.md."""
+    from eval.presets import resolve_preset
     from eval.reproduce import run_reproduce
 
     cfg = _config(config, set_)
-    run_reproduce(cfg, out or Path(cfg.paths.root) / "reproduce", dataset=dataset, root=root, seeds=seeds, steps=steps,
-                  variants=variants, sweeps=sweeps, eval_limit=limit, workers=workers, device=device, jobs=jobs)
+    chosen = resolve_preset(preset)
+    run_reproduce(cfg, out or Path(cfg.paths.root) / chosen.out_name, dataset=dataset, root=root, seeds=seeds, steps=steps,
+                  variants=variants, sweeps=sweeps, eval_limit=limit, workers=workers, device=device, jobs=jobs,
+                  preset=preset)
+
+
+@app.command("measure-plateau")
+@_friendly_errors
+def measure_plateau(
+    cache: Optional[str] = CacheOpt,
+    out: Optional[Path] = typer.Option(None, help="Run folder (default: <paths.root>/plateau/<variant>-<steps>); re-running resumes."),
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    steps: int = typer.Option(2000, help="Stage 2 steps of the run; the learning rate warms up linearly and decays linearly to 0 at this step (the paper's schedule)."),
+    points: int = typer.Option(10, help="Evenly spaced checkpoints at which the val loss (every val window, fixed noise) is recorded."),
+    variant: str = typer.Option("Re2Pix", help="The Stage 2 variant to train (a name of eval/variants.py, e.g. Re2Pix, Baseline)."),
+    tolerance: float = typer.Option(0.02, help="The plateau is the first checkpoint after which the val loss improves by less than this fraction of its value there."),
+    seed: Optional[int] = typer.Option(None, help="Stage 2 seed (default: the config's)."),
+) -> None:
+    """Where the Stage 2 val loss plateaus under the paper's schedule (linear warm-up and decay over the full run):
+    plateau.json with the curve, the rule and the plateau step (eval/plateau.py)."""
+    from eval.plateau import measure_plateau as run
+    from eval.variants import slug
+
+    cfg = _config(config, set_)
+    run(cfg, cache or default_cache(cfg), out or Path(cfg.paths.root) / "plateau" / f"{slug(variant)}-{steps}", steps=steps,
+        points=points, variant=variant, seed=seed, tolerance=tolerance)
 
 
 # ------------------------------------------------------------------------------------------ bench

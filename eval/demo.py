@@ -89,7 +89,7 @@ def run_demo(
     result.outputs["stage1"] = str(stage1)
 
     t = step("4. make-predicted-pool (Stage 1 rollouts for mixed supervision)")
-    make_predicted_pool(str(cache), str(stage1))
+    make_predicted_pool(str(cache), str(stage1), folds="auto")
     result.steps["pool"] = time.perf_counter() - t
 
     from train.stage2 import train_stage2

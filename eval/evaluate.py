@@ -56,6 +56,7 @@ from eval.frechet import FeatureStats
 from eval.generate import FrameRenderer
 from eval.predict import check_checkpoints_fit_cache, checkpoint_config, sampling_config
 from eval.protocol import EvalBatch, EvalProtocol, open_protocol
+from eval.protocol_tag import protocol_tags
 from eval.report import describe_protocol, plot_metric_vs_step, write_report
 from eval.scoring import (
     EXTRA_DEPTH_METRICS,
@@ -399,6 +400,8 @@ def evaluate(
         "notes": notes,
         "seconds": {**seconds, "total": time.perf_counter() - t_start},
     })
+    results["protocol_tags"] = protocol_tags(results["protocol"], results["provenance"],
+                                             fd_dim=int(nets.fid.dim) if nets.fid is not None else None)
 
     # 5. write
     out_dir = Path(out)

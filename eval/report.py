@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from eval.protocol_tag import tags_line
 from eval.scoring import METRICS, SSIM_BORDER
 from pipeline import atomic
 
@@ -264,6 +265,8 @@ def render_report(results: dict[str, Any]) -> str:
         "",
     ]
     lines += results_table(results) + [""]
+    if results.get("protocol_tags"):
+        lines += [tags_line(results["protocol_tags"]) + " (compare numbers only under equal tags; eval/protocol_tag.py)", ""]
     lines += ["Additional depth metrics:", ""] + results_table(results, EXTRA_DEPTH) + [""]
     lines += _provenance(results)
     lines += _protocol(results)

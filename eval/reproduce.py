@@ -37,7 +37,6 @@ from eval.task_pool import Task, default_jobs, run_tasks
 from eval.variants import (
     BASELINE,
     CURVE_VARIANTS,
-    LAPTOP_STEPS,
     NESTED_OFF,
     PRED_ONLY,
     RE2PIX,
@@ -85,6 +84,17 @@ def vfm_metric_nets(cfg: Config, cache: str, device: str | None) -> Any:
     vfm = build_frozen_vfm(reader.meta, cfg.to_dict(), None, True, dev)
     pca = reader.pca().to(device=dev, dtype=torch.float32)
     return MetricNets(fid=VFMFeatureNet(vfm, pca, int(cfg.vfm.batch_size)), fvd=None)
+
+
+def study_tags(seed_evals: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The study's protocol tags (eval/protocol_tag.py): Figure 3's evaluation (its 'fid' is FD-VFM) and, when run,
+    the real FID / FVD evaluation's."""
+    tags = dict((seed_evals.get("figure3") or {}).get("protocol_tags") or {})
+    if "fid" in tags:
+        tags["fd_vfm"] = tags.pop("fid")
+    real = (seed_evals.get("fid_fvd") or {}).get("protocol_tags") or {}
+    tags.update({k: v for k, v in real.items() if k in ("fid", "fvd")})
+    return tags
 
 
 # --------------------------------------------------------------------------------------------- orchestration
@@ -266,9 +276,11 @@ def run_reproduce(
     cfg: Config, out: Path | str, *, dataset: str = "synthetic", root: Path | str | None = None, seeds: int = 3,
     steps: int | None = None, variants: list[str] | None = None, sweeps: bool = True,
     train_snippets: int = TRAIN_SNIPPETS, val_snippets: int = VAL_SNIPPETS, workers: int = 0, eval_limit: int = 0,
-    device: str | None = None, jobs: int | None = None,
+    device: str | None = None, jobs: int | None = None, preset: str = "default",
 ) -> Reproduction:
-    """Run (or resume) the whole study into `out`; returns what was done and the results written to reproduce.json."""
+    """Run (or resume) the whole study into `out`; returns what was done and the results written to reproduce.json.
+    `preset` (eval/presets.py) gives the default steps and variants; `steps` / `variants` given here win."""
+    from eval.presets import describe, resolve_preset
     from eval.reproduce_report import write_reproduction
     from pipeline.dag import build_cache
     from pipeline.synthetic import write_sample_dataset
@@ -279,8 +291,9 @@ def run_reproduce(
     t_all = time.perf_counter()
     result = Reproduction(out=out)
     timings = result.timings
-    steps = int(steps or (LAPTOP_STEPS if cfg.name == "tiny" else cfg.stage2.train.steps))
-    variants = list(variants or VARIANTS)
+    chosen = resolve_preset(preset)
+    steps = int(steps or (chosen.steps if cfg.name == "tiny" else cfg.stage2.train.steps))
+    variants = list(variants or chosen.variants)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or RE2PIX not in variants:
         raise ConfigError(f"variants {unknown or variants}: choose from {list(VARIANTS)} (Re2Pix is always needed)")
@@ -315,8 +328,10 @@ def run_reproduce(
     stage1 = str(out / "stage1")
     console.rule("[bold]reproduce: Stage 1, pool, heads (shared by every seed)")
     _timed(timings, "stage1", lambda: train_stage1(cfg, cache, stage1, resume=True))
+    pool_folds = None  # make-predicted-pool --folds auto's choice and why (reproduce.json, report.md)
     if any(v in variants for v in (RE2PIX, NESTED_OFF, PRED_ONLY)):
-        _timed(timings, "pool", lambda: make_predicted_pool(cache, stage1))
+        pool = _timed(timings, "pool", lambda: make_predicted_pool(cache, stage1, folds="auto"))
+        pool_folds = {k: v for k, v in pool["folds_choice"].items() if k != "probe"}
     heads = _timed(timings, "heads", lambda: prepare_heads(cfg, cache, out, workers))
 
     # ---- 3. Stage 2 variants per seed, `jobs` at a time
@@ -375,7 +390,12 @@ def run_reproduce(
 
     # ---- 5. claims
     results = build_results(cfg, per_seed, curves, runs, evals, variants, steps, seed_list, dataset, str(root), sweeps)
-    results["estimate"] = estimate_default(runs, evals, timings, seeds=3, steps=LAPTOP_STEPS, windows=VAL_SNIPPETS, parallel=jobs)
+    results["protocol_tags"] = study_tags(evals[seed_list[0]])
+    results["preset"] = describe(chosen)
+    if pool_folds:
+        results["pool_folds"] = pool_folds
+    results["estimate"] = {**estimate_default(runs, evals, timings, seeds=chosen.seeds, steps=chosen.steps,
+                                              windows=chosen.val_snippets, parallel=jobs), "preset": chosen.name}
     result.seconds = time.perf_counter() - t_all
     results["seconds"] = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(result.seconds, 1)}
     results["this_call"] = {"trained": result.trained, "evaluated": result.evaluated, "jobs": jobs}

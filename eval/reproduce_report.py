@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from eval.protocol_tag import tags_line
 from eval.report import COLUMNS, format_cell, plot_metric_vs_step
 from pipeline import atomic
 
@@ -89,6 +90,15 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
         f"{seconds.get('total', 0):.0f} s (this call; reused runs cost nothing).",
         "",
     ]
+    preset = results.get("preset") or {}
+    if preset:
+        lines += [f"Preset `{preset['name']}`" + (f"; cut: {'; '.join(preset['cut'])}" if preset.get("cut") else "")
+                  + f". Figure 3: {preset['figure3']}.", ""]
+    if results.get("protocol_tags"):
+        lines += [tags_line(results["protocol_tags"]) + " (compare numbers only under equal tags)", ""]
+    if results.get("pool_folds"):
+        f = results["pool_folds"]
+        lines += [f"Predicted-feature pool (Table 4's mixed supervision): folds {f['requested']} -> {f['chosen']}: {f['reason']}.", ""]
     if (results.get("windows") or 0) < 64:
         lines += [f"> Only {results['windows']} val windows: differences this small a set shows are hardly measurable "
                   "(the default synthetic set has 64).", ""]
@@ -147,7 +157,7 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
               "| step | seconds |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
     est = results.get("estimate") or {}
     if est:
-        lines += ["", f"Estimated time of the default study ({est['seeds']} seeds, {est['stage2_steps']} Stage 2 steps, "
+        lines += ["", f"Estimated time of the {est.get('preset', 'default')} study ({est['seeds']} seeds, {est['stage2_steps']} Stage 2 steps, "
                   f"{est['windows']} val windows) from this run's measured step times: {est['total_seconds'] / 60:.0f} min "
                   f"(Stage 2 training {est['train_seconds'] / 60:.0f} min, evaluation {est['eval_seconds'] / 60:.0f} min at "
                   f"{est['eval_seconds_per_window_job']:.2f} s per window and generative job x {est['eval_jobs_per_seed']} jobs "

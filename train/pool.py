@@ -15,6 +15,15 @@ predictions (training windows) next to that of the Stage 1 rollout on the val wi
 copying the last frame; meta.json `pool.quality` and the summary report them. `folds` = K > 1 cross-fits the pool:
 K Stage 1 models, each trained (same config and steps as the given checkpoint) without one fold of the training
 windows, predict that fold, so every pool entry is an out-of-sample forecast. It costs K Stage 1 trainings.
+
+`folds="auto"` (the default of the CLI, the demo and `reproduce`) decides before any shard is written, from a probe:
+the given Stage 1's rollouts of up to PROBE_WINDOWS training windows of the pool (what a plain pool would hold) and
+of up to PROBE_WINDOWS val windows, cosine to the truth per rollout step. When the probe's pool cosine, averaged
+over the rollout steps, exceeds the val forecasts' by more than AUTO_MARGIN, the pool is cross-fitted with
+AUTO_FOLDS folds; otherwise the given checkpoint predicts every window. A probe instead of building the plain pool
+and rebuilding: the plain pool's cosine is the mean of the same per-window cosines, so a few dozen windows estimate
+it for the price of those rollouts, where building the pool twice costs a full pass over the training windows.
+meta.json `pool.folds_choice` and the summary record the choice, the probe's figures, the margin and the reason.
 """
 
 from __future__ import annotations
@@ -47,6 +56,31 @@ from pipeline.store import (
 from train import checkpoint as ckpt
 from train.stage1 import build_stage1_model, check_stage1_fits_cache
 
+FOLDS_AUTO = "auto"
+AUTO_FOLDS = 2  # the cheapest cross-fitting (two more Stage 1 trainings); every entry is then out of sample
+# The margin on the cosine gap (pool minus val forecasts, mean over rollout steps) above which the pool is
+# cross-fitted. Why 0.02: a Stage 1 that does not memorise its windows shows almost no gap (the demo cache, 128
+# training windows, Stage 1 after 300 steps: pool 0.833 / 0.782 / 0.762 vs val 0.836 / 0.786 / 0.769, gap -0.005),
+# while the memorising Stage 1 issue 22 measured on real clips has +0.12 (0.946 vs 0.825). 0.02 is four times the
+# first and a sixth of the second; the probe also records the gap's standard error over windows (`gap_se`), so a
+# choice made inside the noise can be seen as such.
+AUTO_MARGIN = 0.02
+PROBE_WINDOWS = 32  # windows per side of the probe (evenly spread over the candidates, deterministic)
+
+
+def parse_folds(value: int | str) -> int | str:
+    """--folds value -> a positive int or "auto"; anything else is a ConfigError naming the value and the fix."""
+    from configs.schema import ConfigError
+
+    text = str(value).strip().lower()
+    if text == FOLDS_AUTO:
+        return FOLDS_AUTO
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--folds {value!r}: give 'auto' (cross-fit only when the in-sample pool is easier than val "
+                          "forecasts), 1 (the given Stage 1 predicts every window) or an integer K >= 2 (cross-fit K folds)")
+    k = int(text)
+    return k
+
 
 def _unit_draw(sample_id: str, salt: str = "") -> float:
     return int(hashlib.sha256((salt + sample_id).encode()).hexdigest()[:12], 16) / 16**12
@@ -75,6 +109,56 @@ def rollout_cosine(model: torch.nn.Module, features: torch.Tensor, ctx: int) -> 
             F.cosine_similarity(copy, truth, dim=2).mean(dim=(2, 3)))
 
 
+def _spread(rows: np.ndarray, n: int) -> np.ndarray:
+    """At most n of `rows`, evenly spread (deterministic)."""
+    if len(rows) <= n:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, n).round().astype(int)]
+
+
+def probe_quality(reader: CacheReader, model: torch.nn.Module, ctx: int, rows: np.ndarray, batch_size: int,
+                  dev: torch.device) -> dict[str, Any]:
+    """The auto-folds probe: cosine to the truth per rollout step of `model`'s rollouts on up to PROBE_WINDOWS of
+    `rows` (the pool's training windows: what a plain pool would hold) and on up to PROBE_WINDOWS val windows.
+    Returns {"pool_train", "rollout_val": per-step means, "pool_windows", "val_windows", "gap", "gap_se"}: gap is
+    the mean over steps of pool minus val (None without windows on either side), gap_se its standard error over
+    windows."""
+    features = reader.array(layout.FEATURES)
+
+    def cosines(picked: np.ndarray) -> np.ndarray | None:
+        parts = []
+        for b in range(0, len(picked), batch_size):
+            x = torch.from_numpy(np.stack([np.asarray(features[int(r)], dtype=np.float32)
+                                           for r in picked[b : b + batch_size]])).to(dev)
+            with torch.no_grad():
+                cos, _ = rollout_cosine(model, x, ctx)
+            parts.append(cos.double().cpu().numpy())
+        return np.concatenate(parts) if parts else None  # [windows, steps]
+
+    train_rows = _spread(np.asarray(rows, dtype=int), PROBE_WINDOWS)
+    val_rows = _spread(np.asarray(reader.samples("val"), dtype=int), PROBE_WINDOWS)
+    pool, val = cosines(train_rows), cosines(val_rows)
+    gap = se = None
+    if pool is not None and val is not None:
+        p, v = pool.mean(axis=1), val.mean(axis=1)  # per window, mean over the rollout steps
+        gap = float(p.mean() - v.mean())
+        se = float(np.sqrt(p.var(ddof=1) / len(p) + v.var(ddof=1) / len(v))) if min(len(p), len(v)) > 1 else None
+    return {"pool_train": None if pool is None else pool.mean(axis=0).tolist(),
+            "rollout_val": None if val is None else val.mean(axis=0).tolist(), "pool_windows": int(len(train_rows)),
+            "val_windows": int(len(val_rows)), "gap": gap, "gap_se": se}
+
+
+def choose_folds(probe: dict[str, Any], margin: float = AUTO_MARGIN) -> tuple[int, str]:
+    """(folds, reason) from the probe: AUTO_FOLDS when the pool's cosine exceeds the val forecasts' by > margin."""
+    gap = probe.get("gap")
+    if gap is None:
+        return 1, "no val windows (or no pool windows) to compare with: the plain pool"
+    if gap > margin:
+        return AUTO_FOLDS, (f"the in-sample pool is easier than val forecasts (cosine gap {gap:+.3f} > margin {margin}): "
+                            f"cross-fitted with {AUTO_FOLDS} folds so every entry is an out-of-sample forecast")
+    return 1, f"the in-sample pool is like val forecasts (cosine gap {gap:+.3f} <= margin {margin}): the plain pool"
+
+
 def _clear_pool_markers(root: str) -> None:
     fs, p = fsspec.core.url_to_fs(atomic.join(root, layout.POOL_DONE_DIR))
     if fs.exists(p):
@@ -93,15 +177,17 @@ def make_predicted_pool(
     prefer_ema: bool = True,
     compressor: str = "zstd",
     compression_level: int = 3,
-    folds: int = 1,
+    folds: int | str = 1,
+    margin: float = AUTO_MARGIN,
 ) -> dict[str, Any]:
     """Write (or resume) the pool of `cache` with the Stage 1 checkpoint `stage1_ckpt` (a checkpoint folder or
-    `run[@best|@latest|@<step>]`). `folds` > 1 cross-fits it (module docstring). `max_shards` stops after writing
-    that many shards in this call (resume later). Returns a summary dict."""
+    `run[@best|@latest|@<step>]`). `folds` > 1 cross-fits it, "auto" decides from a probe (module docstring).
+    `max_shards` stops after writing that many shards in this call (resume later). Returns a summary dict."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction={fraction} must be in (0, 1]")
-    if batch_size < 1 or folds < 1:
-        raise ValueError(f"batch_size={batch_size} and folds={folds} must be >= 1")
+    requested = parse_folds(folds)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
     reader = open_complete_cache(cache)
     dev = resolve_device(device)
     path, selected = ckpt.select_checkpoint(stage1_ckpt)
@@ -120,6 +206,19 @@ def make_predicted_pool(
     chosen = np.zeros(n, dtype=bool)
     for sample in reader.samples(split):
         chosen[sample] = in_pool(ids[sample], fraction)
+
+    if requested == FOLDS_AUTO:
+        probe = probe_quality(reader, model, ctx, np.flatnonzero(chosen), batch_size, dev)
+        folds, reason = choose_folds(probe, margin)
+        train_ids = [ids[int(r)] for r in reader.samples(split)]
+        if folds > 1 and any(all(fold_of(i, folds) == k for i in train_ids) for k in range(folds)):
+            folds, reason = 1, reason + f"; but every training window falls in one fold of {folds}, so no fold model " \
+                                        "could be trained without it: the plain pool"
+        folds_choice = {"requested": FOLDS_AUTO, "chosen": folds, "margin": margin, "gap": probe["gap"],
+                        "reason": reason, "probe": probe}
+    else:
+        folds = int(requested)
+        folds_choice = {"requested": folds, "chosen": folds, "margin": None, "gap": None, "reason": "requested"}
 
     # One model per fold: the given checkpoint itself, or K models trained without their fold.
     predictors = [model] if folds == 1 else _fold_models(cache, path, config, reader, split, folds, prefer_ema, dev)
@@ -199,6 +298,7 @@ def make_predicted_pool(
         meta["pool"]["status"] = "complete" if complete else "in_progress"
         meta["pool"]["samples"] = int(len(CacheReader(cache).pool_samples()))
         meta["pool"]["quality"] = _quality(cache, reader, model, ctx, batch_size, dev)
+        meta["pool"]["folds_choice"] = folds_choice
         atomic.write_json(atomic.join(cache, layout.META), meta)
 
     seconds = time.perf_counter() - tic
@@ -208,6 +308,7 @@ def make_predicted_pool(
         "checkpoint": str(path),
         "selected": selected,
         "folds": folds,
+        "folds_choice": folds_choice,
         "stage1_fingerprint": wanted["stage1_fingerprint"],
         "shards_written": written,
         "shards_already_done": skipped_done,
@@ -223,6 +324,7 @@ def make_predicted_pool(
         f"pool {'complete' if complete else 'partial'}: {result['pool_windows']} windows in {cache}/{layout.POOL_FEATURES} "
         f"({written} shards written now, {skipped_done} already done, {result['windows_per_s']:.1f} windows/s"
         + (f", {folds}-fold cross-fitted" if folds > 1 else "") + "); " + quality_line(quality)
+        + (f"; folds auto -> {folds}: {folds_choice['reason']}" if requested == FOLDS_AUTO else "")
     )
     return result
 
