@@ -276,8 +276,9 @@ def train_stage2(
 @_friendly_errors
 def predict(
     input: Path = typer.Option(..., "--input", help="A video file or a folder of frames (the first window.frames are used; at least window.context_frames)."),
-    stage1: str = typer.Option(..., "--stage1", help="Stage 1 checkpoint or run folder."),
-    stage2: str = typer.Option(..., "--stage2", help="Stage 2 checkpoint or run folder."),
+    stage1: Optional[str] = typer.Option(None, "--stage1", help="Stage 1 checkpoint or run folder (or give --bundle)."),
+    stage2: Optional[str] = typer.Option(None, "--stage2", help="Stage 2 checkpoint or run folder (or give --bundle)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A folder written by `export` (both stages, PCA, codec): no checkpoints or cache needed."),
     out: Path = typer.Option(Path("runs/predict"), "--out", help="Output folder for the videos, grid, tensors and predict.json."),
     samples: int = typer.Option(1, help="Independent samples to draw (seeded: sample i is the same whatever the count)."),
     cache: Optional[str] = typer.Option(None, help="The cache the checkpoints were trained on (default: the one they record); gives the PCA, VFM and codec settings."),
@@ -303,7 +304,7 @@ def predict(
 
     run(stage1, stage2, input, out, samples=samples, cache=cache, device=device, seed=seed, guidance_weight=guidance_weight,
         guidance_components=guidance_components, inference_components=inference_components, sampler=sampler, steps=sampling_steps,
-        allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights)
+        allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights, bundle=bundle)
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -42,7 +42,7 @@ class FrameRenderer:
         self.model, self.codec, self.sampling = model, codec, sampling
         self.context_latent_frames, self.context_frames = context_latent_frames, context_frames
         self.seed, self.device = seed, device
-        self.uses_features = bool(model.net.uses_features)
+        self.uses_features = model.feature_channels > 0
 
     @torch.no_grad()
     def __call__(self, batch: EvalBatch, sample_index: int) -> torch.Tensor:

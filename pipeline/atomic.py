@@ -48,6 +48,11 @@ def _umask() -> int:
     return mask
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """A local path made absolute (so a record of it means the same from any working folder); URLs unchanged."""
+    return local(path) if is_url(path) else str(Path(local(path)).absolute())
+
+
 def exists(path: str | os.PathLike) -> bool:
     if is_url(path):
         fs, p = fsspec.core.url_to_fs(str(path))

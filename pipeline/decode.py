@@ -156,6 +156,15 @@ def _resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] frames resized to [T, height, width, 3] exactly as frames read from files are (Pillow
+    bilinear with antialiasing; frames already at the size are returned unchanged)."""
+    _check_size(height, width)
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack([_resize_rgb(Image.fromarray(np.ascontiguousarray(f)), height, width) for f in frames])
+
+
 def _check_size(height: int, width: int) -> None:
     if height <= 0 or width <= 0:
         raise ValueError(f"output size must be positive, got {height}x{width}")

@@ -251,7 +251,7 @@ def test_bad_guidance_and_sampler_settings_raise_clear_errors():
     context, features, mask = _guidance_problem()
     den = Denoiser(CountingNet(C, CF), DiffusionConfig())
     run = lambda cfg, feats=features: sample(den, context.shape, context, mask, feats, cfg)
-    with pytest.raises(ValueError, match="needs semantic features"):
+    with pytest.raises(ValueError, match="needs a feature-conditioned"):
         run(DiffusionConfig(steps=2, guidance_weight=0.5), None)
     with pytest.raises(ValueError, match="guidance_components"):
         run(DiffusionConfig(steps=2, guidance_weight=0.5, guidance_components=CF))
@@ -263,3 +263,25 @@ def test_bad_guidance_and_sampler_settings_raise_clear_errors():
         run(DiffusionConfig(steps=2, sampler="heun"))
     with pytest.raises(ValueError, match="context"):
         sample(den, (B, C, T, H, W + 1), context, mask, features, DiffusionConfig(steps=2))
+
+
+def test_sampling_settings_is_the_one_owner_of_the_rules():
+    from models.samplers import sampling_settings
+
+    base = DiffusionConfig(steps=4, guidance_weight=0.5, guidance_components=4, inference_components=8)
+    assert sampling_settings(base, CF) == base
+    assert sampling_settings(base, CF, steps=None, sampler="euler") == dataclasses.replace(base, sampler="euler")
+    # A model without features: the base's feature options are defaults that do not apply ...
+    plain = sampling_settings(base, 0)
+    assert plain.guidance_weight == 0 and plain.inference_components == 0 and plain.steps == 4
+    # ... but asking for guidance is refused, with the same rule sample() applies.
+    with pytest.raises(ValueError, match="needs a feature-conditioned"):
+        sampling_settings(base, 0, guidance_weight=0.5)
+    with pytest.raises(ValueError, match=r"inference_components=9 must be in \[0, 8\]"):
+        sampling_settings(DiffusionConfig(), 8, inference_components=9)
+    with pytest.raises(ValueError, match=r"guidance_components=8 must be in \[1, 7\]"):
+        sampling_settings(DiffusionConfig(), 8, guidance_weight=1.0, guidance_components=8)
+    with pytest.raises(ValueError, match="steps=0"):
+        sampling_settings(DiffusionConfig(), 8, steps=0)
+    with pytest.raises(ValueError, match="unknown sampling options"):
+        sampling_settings(DiffusionConfig(), 8, guidance=1.0)
