@@ -307,6 +307,25 @@ def predict(
         allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights, bundle=bundle)
 
 
+@app.command("export")
+@_friendly_errors
+def export(
+    stage1: str = typer.Option(..., "--stage1", help="Stage 1 checkpoint or run folder (optionally @best / @latest / @<step>)."),
+    stage2: str = typer.Option(..., "--stage2", help="Stage 2 checkpoint or run folder (optionally @best / @latest / @<step>)."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write (new, empty, or an earlier bundle to replace)."),
+    cache: Optional[str] = typer.Option(None, help="The cache the checkpoints were trained on (default: the one they record, found from any folder)."),
+    include_vfm: bool = typer.Option(False, "--include-vfm", help="Copy the VFM weights file into the bundle (checked against the cache's fingerprint); default: named by fingerprint only."),
+    vfm_weights: Optional[str] = typer.Option(None, help="The VFM weights file for --include-vfm, if it moved since the cache was built."),
+) -> None:
+    """A trained run as one self-contained folder in the Hugging Face layout: stage1/ and stage2/ (config.json +
+    model.safetensors, EMA weights where present), pca.safetensors, codec.safetensors (the learned linear codec; a WAN
+    VAE is named by fingerprint), cache.json, model_index.json and a README.md model card. `predict --bundle DIR` and
+    `re2pix.Re2PixPipeline.from_pretrained(DIR)` need nothing else (but the VFM / VAE weights the card names)."""
+    from eval.bundle import export_bundle
+
+    export_bundle(stage1, stage2, out, cache=cache, include_vfm=include_vfm, vfm_weights=vfm_weights)
+
+
 # ------------------------------------------------------------------------------------------ evaluation
 
 

@@ -111,6 +111,8 @@ class Re2PixPipeline:
 
         dev = resolve_device(None if device is None else str(device))
         b = read_bundle(path)
+        if vfm_weights is None and b.index["files"].get("vfm"):
+            vfm_weights = str(b.root / b.index["files"]["vfm"])  # the VFM weights the bundle carries
         s1_model = ckpt.build_with_weights(build_stage1_model, b.stage1["model"], b.stage1_weights, b.root / "stage1", dev)
         s2_model = ckpt.build_with_weights(build_stage2_model, b.stage2["model"], b.stage2_weights, b.root / "stage2", dev)
         parts = {"stage1": (b.root / "stage1", b.stage1, b.stage1.get("loaded_weights", "model")),
