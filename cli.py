@@ -317,8 +317,9 @@ def export(
     include_vfm: bool = typer.Option(False, "--include-vfm", help="Copy the VFM weights file into the bundle (checked against the cache's fingerprint); default: named by fingerprint only."),
     vfm_weights: Optional[str] = typer.Option(None, help="The VFM weights file for --include-vfm, if it moved since the cache was built."),
 ) -> None:
-    """A trained run as one self-contained folder in the Hugging Face layout: stage1/ and stage2/ (config.json +
-    model.safetensors, EMA weights where present), pca.safetensors, codec.safetensors (the learned linear codec; a WAN
+    """A trained run as one self-contained folder in the Hugging Face layout (a bundle).
+
+    It holds stage1/ and stage2/ (config.json + model.safetensors, EMA weights where present), pca.safetensors, codec.safetensors (the learned linear codec; a WAN
     VAE is named by fingerprint), cache.json, model_index.json and a README.md model card. `predict --bundle DIR` and
     `re2pix.Re2PixPipeline.from_pretrained(DIR)` need nothing else (but the VFM / VAE weights the card names)."""
     from eval.bundle import export_bundle
