@@ -53,8 +53,8 @@ import torch
 
 from configs.schema import Config, config_from_dict
 from eval.frechet import FeatureStats
-from eval.generate import FrameRenderer
 from eval.frozen import check_checkpoints_fit_cache, checkpoint_config
+from eval.generate import FrameRenderer
 from eval.protocol import EvalBatch, EvalProtocol, open_protocol
 from eval.report import describe_protocol, plot_metric_vs_step, write_report
 from eval.scoring import (

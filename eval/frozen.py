@@ -158,7 +158,7 @@ def build_frozen_codec(meta: dict[str, Any], full_config: dict[str, Any], weight
                        device: torch.device, cache_root: str) -> Any:
     """The codec that made the cache's latents, checked against meta.json's weights record. A linear codec is read
     from the cache itself (meta.json codec.file), or from `weights` when given."""
-    from pipeline.codec import build_codec
+    from pipeline.codec_factory import build_codec
 
     known = {f.name for f in dataclasses.fields(CodecConfig)}
     cfg = CodecConfig(**{k: v for k, v in frozen_settings(meta, full_config, "codec").items() if k in known})

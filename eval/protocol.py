@@ -16,8 +16,8 @@ from torch import nn
 
 from configs.schema import Config
 from eval.feature_nets import FVD_MIN_FRAMES
-from eval.native_labels import read_native_label
 from eval.frozen import build_frozen_codec, build_frozen_vfm, checkpoint_config
+from eval.native_labels import read_native_label
 from eval.scoring import MetricNets, RowMetrics, add_note, quantize
 from models.heads import HEAD_TASKS, build_head, predict_labels
 from models.rollout import rollout_from_history

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.clip import LABEL_KINDS, Clip
 from pipeline.errors import InputError
-
-if TYPE_CHECKING:  # decode sits below the readers: importing pipeline.sources here would be circular
-    from pipeline.sources.base import Clip
-
-LABEL_KINDS = ("segmentation", "depth")
 
 
 def probe_video(path: str) -> tuple[float, int]:
