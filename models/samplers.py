@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from configs.schema import SAMPLERS, check_sampler  # noqa: F401  (SAMPLERS re-exported: the list samplers implement)
+from models.conditioning import truncate_features
 
 if TYPE_CHECKING:
     from configs.schema import DiffusionConfig
@@ -89,18 +90,6 @@ def integrate(predict_x0: X0Predictor, x: torch.Tensor, sigmas: torch.Tensor, me
     return predict_x0(x, levels[-1])
 
 
-def keep_first_channels(features: torch.Tensor, keep: int) -> torch.Tensor:
-    """Nested-dropout truncation (paper eq. 9): keep channels [0, keep) of features [B, Cf, T, h, w], zero the rest."""
-    if keep >= features.shape[1]:
-        return features
-    out = features.clone()
-    out[:, keep:] = 0
-    return out
-
-
-FEATURE_OPTIONS = ("guidance_weight", "guidance_components", "inference_components")
-
-
 def check_sampling(cfg: DiffusionConfig, feature_channels: int, coarse_given: bool = False) -> None:
     """The one owner of the sampling options' rules, for a model that takes `feature_channels` feature channels
     (0: a model without feature conditioning). Refuses, naming the option: an unknown sampler, steps < 1, a negative
@@ -157,7 +146,7 @@ def _prepare_features(
     if features is None:
         return None, None
     if cfg.inference_components:
-        features = keep_first_channels(features, cfg.inference_components)
+        features = truncate_features(features, cfg.inference_components)
     if not guided:
         return features, None
     if guidance_features is not None:
@@ -166,7 +155,7 @@ def _prepare_features(
                 f"guidance_features {tuple(guidance_features.shape)} must have the shape of features {tuple(features.shape)}"
             )
         return features, guidance_features
-    return features, keep_first_channels(features, cfg.guidance_components)
+    return features, truncate_features(features, cfg.guidance_components)
 
 
 def make_x0_predictor(

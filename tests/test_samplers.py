@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from configs.schema import DiffusionConfig
+from models.conditioning import truncate_features
 from models.diffusion import Denoiser
 from models.samplers import (
     euler_step,
     integrate,
     karras_sigmas,
-    keep_first_channels,
     make_x0_predictor,
     multistep_step,
     sample,
@@ -208,7 +208,7 @@ def test_guided_prediction_is_full_plus_w_times_full_minus_coarse():
     w, c = 0.7, 6
     context, features, mask = _guidance_problem()
     den = Denoiser(CountingNet(C, CF), DiffusionConfig())
-    coarse = keep_first_channels(features, c)
+    coarse = truncate_features(features, c)
     predict = make_x0_predictor(den, context, mask, features, w, coarse)
     x = torch.randn(B, C, T, H, W, generator=torch.Generator().manual_seed(8)) * 3
     sigma = torch.full((B,), 3.0)
@@ -227,7 +227,7 @@ def test_zero_guidance_weight_is_the_unguided_sampler():
     assert all(call["batch"] == B for call in net.calls)  # no coarse pass at w = 0
     with_coarse = sample(
         den, context.shape, context, mask, features, cfg, torch.Generator().manual_seed(2),
-        guidance_features=keep_first_channels(features, 4),
+        guidance_features=truncate_features(features, 4),
     )
     assert torch.equal(plain, with_coarse)
     guided = sample(
