@@ -31,13 +31,12 @@ from eval.frozen import (
     find_cache,
     read_cache,
 )
-from eval.generate import noise_seed
+from eval.generate import noise_seed, sample_future
 from eval.visualize import to_uint8_frames
-from models.diffusion import context_inputs
 from models.rollout import rollout_from_history
-from models.samplers import sample, sampling_settings
+from models.samplers import sampling_settings
 from models.stage2 import build_stage2_model
-from pipeline.console import warn_loud
+from pipeline.console import progress, warn_loud
 from pipeline.decode import resize_frames
 from pipeline.device import inference_autocast, resolve_device
 from pipeline.fingerprint import RANDOM
@@ -201,10 +200,12 @@ class Re2PixPipeline:
     # ------------------------------------------------------------------------------------------- calling
 
     @torch.no_grad()
-    def __call__(self, frames: Any, num_samples: int = 1, seed: int = 0, **sampling: Any) -> Prediction:
+    def __call__(self, frames: Any, num_samples: int = 1, seed: int = 0, *, show_progress: bool = False,
+                 **sampling: Any) -> Prediction:
         """Predict the K - M future frames after the first M of `frames`; `sampling` overrides the checkpoint's
         `stage2.diffusion` settings (sampler, steps, guidance_weight, guidance_components, inference_components, ...).
-        Sample i uses noise seed noise_seed(seed, i), so it does not depend on how many samples are drawn."""
+        Sample i uses noise seed noise_seed(seed, i), so it does not depend on how many samples are drawn.
+        `show_progress` shows a bar over the samples (predict's)."""
         if num_samples < 1:
             raise ValueError(f"num_samples={num_samples} must be >= 1")
         cfg = self.sampling(**sampling)
@@ -221,16 +222,19 @@ class Re2PixPipeline:
 
         video = torch.from_numpy(context_frames).to(dev).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
         context_latents = self.codec.encode(video)  # [B, Cz, ctx, H', W']
-        context, cond_mask = context_inputs(context_latents, self.latent_frames)
-        dit_features = features.permute(0, 2, 1, 3, 4) if self.feature_channels else None
+        conditioning = features if self.feature_channels else None
         latents, decoded = [], []
-        for i in range(num_samples):
-            generator = torch.Generator().manual_seed(noise_seed(seed, i))
-            with self._autocast():
-                z = sample(self.stage2.denoiser, tuple(context.shape), context, cond_mask, dit_features, cfg,
-                           generator=generator)
-            latents.append(z.float())
-            decoded.append(torch.from_numpy(np.stack([to_uint8_frames(v)[m:] for v in self.codec.decode(z.float())])))
+        bar = progress() if show_progress else None
+        with bar or nullcontext():
+            job = bar.add_task("sampling", total=num_samples, status=f"{cfg.sampler}, {cfg.steps} steps") if bar else None
+            for i in range(num_samples):
+                generator = torch.Generator().manual_seed(noise_seed(seed, i))
+                z = sample_future(self.stage2, context_latents, self.latent_frames, conditioning, cfg, generator,
+                                  self._autocast())
+                latents.append(z)
+                decoded.append(torch.from_numpy(np.stack([to_uint8_frames(v)[m:] for v in self.codec.decode(z)])))
+                if bar is not None:
+                    bar.update(job, advance=1)
         out = Prediction(
             frames=torch.stack(decoded, dim=1),  # [B, S, K - M, H, W, 3]
             latents=torch.stack(latents, dim=1).cpu(),  # [B, S, Cz, Tl, H', W']

@@ -134,7 +134,7 @@ def predict(
     seconds: dict[str, float] = {"load": time.perf_counter() - t_start}
 
     tic = time.perf_counter()
-    result = pipe(frames, num_samples=samples, seed=seed, **overrides)
+    result = pipe(frames, num_samples=samples, seed=seed, show_progress=True, **overrides)
     seconds["predict"] = time.perf_counter() - tic
     # The observed frames as given (a lossy codec would alter them), then each sample's future.
     decoded = [np.concatenate([frames[:m_frames], result.frames[i].numpy()]) for i in range(samples)]
