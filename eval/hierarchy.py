@@ -114,8 +114,11 @@ class Re2PixPipeline:
             vfm_weights = str(b.root / b.index["files"]["vfm"])  # the VFM weights the bundle carries
         s1_model = ckpt.build_with_weights(build_stage1_model, b.stage1["model"], b.stage1_weights, b.root / "stage1", dev)
         s2_model = ckpt.build_with_weights(build_stage2_model, b.stage2["model"], b.stage2_weights, b.root / "stage2", dev)
-        parts = {"stage1": (b.root / "stage1", b.stage1, b.stage1.get("loaded_weights", "model")),
-                 "stage2": (b.root / "stage2", b.stage2, b.stage2.get("loaded_weights", "model"))}
+        parts = {}
+        for stage, config in (("stage1", b.stage1), ("stage2", b.stage2)):
+            origin = config.get("exported_from") or {}
+            why = f"the bundle's (exported from {origin.get('checkpoint', '?')}: {origin.get('selected', '?')})"
+            parts[stage] = (b.root / stage, {**config, "selected": why}, config.get("loaded_weights", "model"))
         return cls._assemble(s1_model, s2_model, parts, b.meta, b.pca, str(b.root), {"cache": None, "bundle": str(b.root)},
                              dev, dtype, allow_random_weights, vfm_weights, codec_weights)
 

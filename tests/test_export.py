@@ -66,6 +66,8 @@ def test_a_bundle_predicts_what_the_checkpoints_predict_with_nothing_else(traine
     a, b = from_run(frames, seed=5, steps=STEPS), from_bundle(frames, seed=5, steps=STEPS)
     assert torch.equal(a.latents, b.latents) and torch.equal(a.frames, b.frames) and torch.equal(a.features, b.features)
     assert b.provenance["bundle"] == str(bundle) and b.provenance["cache"] is None
+    assert b.provenance["stage2"]["selected"].startswith("the bundle's (exported from ")
+    assert b.provenance["stage2"]["weights"] == a.provenance["stage2"]["weights"] == "ema"
 
     clip = tmp_path / "clip"
     clip.mkdir()
