@@ -1,5 +1,6 @@
-"""README "Python API": its example runs as written on a demo-sized run (the demo's folder layout, a VFM loaded from
-a weights file as the demo's pretrained one is, the learned linear codec, two steps of each stage)."""
+"""README "Python API": its example runs as written, and `export` carries or names the VFM, on a demo-sized run
+(the demo's folder layout, a VFM loaded from a weights file as the demo's pretrained one is, the learned linear codec,
+two steps of each stage)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,25 @@ def test_the_readme_example_runs_as_written(demo_folder, monkeypatch):
     assert out.frames.shape == (1, 12, 64, 128, 3) and out.frames.dtype == torch.uint8  # what the comment says
     assert out.provenance["random"] is False and out.provenance["vfm"]["weights"].startswith("file:")
     assert out.provenance["cache"] == str(demo_folder / "runs/tiny/cache/synthetic")
+
+
+def test_export_with_and_without_the_vfm_on_a_run_whose_vfm_is_a_weights_file(demo_folder, tmp_path, monkeypatch):
+    from eval.bundle import export_bundle, read_bundle
+    from pipeline.weights import MissingWeightsError
+    from re2pix import Re2PixPipeline
+
+    monkeypatch.chdir(demo_folder)
+    vfm = demo_folder / "runs/tiny/vfm.safetensors"
+    lean = export_bundle("runs/tiny/stage1", "runs/tiny/stage2", tmp_path / "lean")
+    full = export_bundle("runs/tiny/stage1", "runs/tiny/stage2", tmp_path / "full", include_vfm=True)
+    fingerprint = read_bundle(tmp_path / "lean").meta["vfm"]["weights"]
+    assert lean["needs"]["vfm"]["weights"] == fingerprint and full["needs"]["vfm"] is None
+    assert full["files"]["vfm"] == "vfm/vfm.safetensors" and "vfm" not in lean["files"]
+    moved = vfm.rename(tmp_path / "vfm.safetensors")  # the weights are no longer where the cache recorded them
+    try:
+        with pytest.raises(MissingWeightsError):
+            Re2PixPipeline.from_pretrained(tmp_path / "lean")
+        assert Re2PixPipeline.from_pretrained(tmp_path / "lean", vfm_weights=str(moved)).provenance["vfm"]["weights"] == fingerprint
+        assert Re2PixPipeline.from_pretrained(tmp_path / "full").provenance["vfm"]["weights"] == fingerprint
+    finally:
+        moved.rename(vfm)
