@@ -15,6 +15,7 @@ the field; sampling options are checked by their one owner (models.samplers.samp
 from __future__ import annotations
 
 import dataclasses
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -215,14 +216,20 @@ class Re2PixPipeline:
         context_frames, batched = self.prepare_frames(frames)
         dev, ctx, m = self.device, self.context_latent_frames, self.context_frames
         b = context_frames.shape[0]
+        seconds: dict[str, float] = {}
+        tic = time.perf_counter()
         images = torch.from_numpy(context_frames[:, self.feature_indices[:ctx]]).to(dev)
         images = images.flatten(0, 1).permute(0, 3, 1, 2).float().div(255.0)
         context_features = self.pca_on_device.project_maps(self.vfm(images)).float()
         context_features = context_features.reshape(b, ctx, *context_features.shape[1:])  # [B, ctx, C, h, w]
+        seconds["features"] = time.perf_counter() - tic
+        tic = time.perf_counter()
         with self._autocast():
             predicted = rollout_from_history(self.stage1, context_features, self.latent_frames - ctx).float()
         features = torch.cat([context_features, predicted], dim=1)  # [B, Tf, C, h, w]
+        seconds["stage1"] = time.perf_counter() - tic
 
+        tic = time.perf_counter()
         video = torch.from_numpy(context_frames).to(dev).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
         context_latents = self.codec.encode(video)  # [B, Cz, ctx, H', W']
         conditioning = features if self.feature_channels else None
@@ -238,6 +245,7 @@ class Re2PixPipeline:
                 decoded.append(torch.from_numpy(np.stack([to_uint8_frames(v)[m:] for v in self.codec.decode(z)])))
                 if bar is not None:
                     bar.update(job, advance=1)
+        seconds["stage2_and_decode"] = time.perf_counter() - tic
         out = Prediction(
             frames=torch.stack(decoded, dim=1),  # [B, S, K - M, H, W, 3]
             latents=torch.stack(latents, dim=1).cpu(),  # [B, S, Cz, Tl, H', W']
@@ -245,7 +253,7 @@ class Re2PixPipeline:
             context=torch.from_numpy(context_frames),
             provenance={**self.provenance, "samples": num_samples, "seed": seed,
                         "sample_seeds": [noise_seed(seed, i) for i in range(num_samples)],
-                        "sampling": {k: getattr(cfg, k) for k in SAMPLING_RECORD}},
+                        "sampling": {k: getattr(cfg, k) for k in SAMPLING_RECORD}, "seconds": seconds},
         )
         if not batched:
             out.frames, out.latents, out.features, out.context = out.frames[0], out.latents[0], out.features[0], out.context[0]

@@ -133,9 +133,8 @@ def predict(
     has_truth = n_input >= k_frames
     seconds: dict[str, float] = {"load": time.perf_counter() - t_start}
 
-    tic = time.perf_counter()
     result = pipe(frames, num_samples=samples, seed=seed, show_progress=True, **overrides)
-    seconds["predict"] = time.perf_counter() - tic
+    seconds.update(result.provenance["seconds"])  # features, stage1, stage2_and_decode
     # The observed frames as given (a lossy codec would alter them), then each sample's future.
     decoded = [np.concatenate([frames[:m_frames], result.frames[i].numpy()]) for i in range(samples)]
     features = result.features  # [Tf, C, h, w]: VFM+PCA context, Stage 1 future
