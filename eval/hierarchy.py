@@ -37,6 +37,7 @@ from eval.visualize import to_uint8_frames
 from models.rollout import rollout_from_history
 from models.samplers import sampling_settings
 from models.stage2 import build_stage2_model
+from pipeline import layout
 from pipeline.console import progress, warn_loud
 from pipeline.decode import resize_frames
 from pipeline.device import inference_autocast, resolve_device
@@ -72,11 +73,11 @@ class Re2PixPipeline:
         self.stage1, self.stage2, self.vfm, self.codec = stage1, stage2, vfm, codec
         self.pca, self.pca_on_device, self.meta = pca, pca.to(device), meta
         self.default_sampling, self.device, self.dtype = sampling, device, dtype
-        window = meta["window"]
+        window = layout.WindowMeta.of(meta)
         self.window_frames, self.context_frames, self.height, self.width = (
-            int(window[k]) for k in ("frames", "context_frames", "height", "width"))
-        self.feature_indices = [int(i) for i in meta["feature_frame_indices"]]
-        self.context_latent_frames, self.latent_frames = int(meta["context_latent_frames"]), int(meta["latent_frames"])
+            window.frames, window.context_frames, window.height, window.width)
+        self.feature_indices = list(window.feature_indices)
+        self.context_latent_frames, self.latent_frames = window.context_latent_frames, window.latent_frames
         self.provenance = provenance
 
     # ------------------------------------------------------------------------------------------- loading
