@@ -136,3 +136,15 @@ def test_a_call_writes_nothing_and_refuses_bad_frames(trained, pipe, tmp_path, m
         pipe(frames.astype(np.float32))
     with pytest.raises(ValueError, match="guidance_components=64"):
         pipe(frames, guidance_weight=0.5, guidance_components=64)
+
+
+def test_dtype_chooses_the_autocast(trained, pipe, tmp_path):
+    frames = _read(_folder(_clip_frames(trained, count=pipe.context_frames), tmp_path / "clip"))
+    base = pipe(frames, steps=STEPS)  # CPU default: float32, no autocast
+    fp32 = Re2PixPipeline.from_checkpoints(trained["s1"], trained["s2"], dtype=torch.float32, allow_random_weights=True)
+    assert torch.equal(fp32(frames, steps=STEPS).latents, base.latents)
+    bf16 = Re2PixPipeline.from_checkpoints(trained["s1"], trained["s2"], dtype=torch.bfloat16, allow_random_weights=True)
+    low = bf16(frames, steps=STEPS)
+    assert low.latents.dtype == torch.float32 and torch.isfinite(low.latents).all()
+    assert not torch.equal(low.latents, base.latents)  # bf16 matmuls ran
+    assert (low.latents - base.latents).abs().mean() < 0.1 * base.latents.abs().mean()
