@@ -302,6 +302,9 @@ def predict(
     """
     from eval.predict import predict as run
 
+    from_run = bundle is None and stage1 is not None and stage2 is not None
+    if not from_run and not (bundle is not None and stage1 is None and stage2 is None and cache is None):
+        raise typer.BadParameter("pass --stage1 and --stage2 (and optionally --cache), or --bundle alone")
     run(stage1, stage2, input, out, samples=samples, cache=cache, device=device, seed=seed, guidance_weight=guidance_weight,
         guidance_components=guidance_components, inference_components=inference_components, sampler=sampler, steps=sampling_steps,
         allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights, bundle=bundle)

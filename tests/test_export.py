@@ -113,3 +113,14 @@ def test_export_refuses_to_write_into_a_folder_that_is_not_a_bundle(trained, tmp
     with pytest.raises(BundleError, match="is not a bundle"):
         export_bundle(trained["s1"], trained["s2"], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("args", [["--stage1", "s1"], ["--bundle", "b", "--stage1", "s1", "--stage2", "s2"],
+                                  ["--bundle", "b", "--cache", "c"], []])
+def test_predict_takes_both_checkpoints_or_a_bundle_alone(tmp_path, args):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["predict", "--input", str(tmp_path), *args])
+    assert result.exit_code == 2 and "--bundle alone" in result.output
