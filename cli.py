@@ -276,8 +276,9 @@ def train_stage2(
 @_friendly_errors
 def predict(
     input: Path = typer.Option(..., "--input", help="A video file or a folder of frames (the first window.frames are used; at least window.context_frames)."),
-    stage1: str = typer.Option(..., "--stage1", help="Stage 1 checkpoint or run folder."),
-    stage2: str = typer.Option(..., "--stage2", help="Stage 2 checkpoint or run folder."),
+    stage1: Optional[str] = typer.Option(None, "--stage1", help="Stage 1 checkpoint or run folder (or give --bundle)."),
+    stage2: Optional[str] = typer.Option(None, "--stage2", help="Stage 2 checkpoint or run folder (or give --bundle)."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="A folder written by `export` (both stages, PCA, codec): no checkpoints or cache needed."),
     out: Path = typer.Option(Path("runs/predict"), "--out", help="Output folder for the videos, grid, tensors and predict.json."),
     samples: int = typer.Option(1, help="Independent samples to draw (seeded: sample i is the same whatever the count)."),
     cache: Optional[str] = typer.Option(None, help="The cache the checkpoints were trained on (default: the one they record); gives the PCA, VFM and codec settings."),
@@ -301,9 +302,32 @@ def predict(
     """
     from eval.predict import predict as run
 
+    from_run = bundle is None and stage1 is not None and stage2 is not None
+    if not from_run and not (bundle is not None and stage1 is None and stage2 is None and cache is None):
+        raise typer.BadParameter("pass --stage1 and --stage2 (and optionally --cache), or --bundle alone")
     run(stage1, stage2, input, out, samples=samples, cache=cache, device=device, seed=seed, guidance_weight=guidance_weight,
         guidance_components=guidance_components, inference_components=inference_components, sampler=sampler, steps=sampling_steps,
-        allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights)
+        allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights, bundle=bundle)
+
+
+@app.command("export")
+@_friendly_errors
+def export(
+    stage1: str = typer.Option(..., "--stage1", help="Stage 1 checkpoint or run folder (optionally @best / @latest / @<step>)."),
+    stage2: str = typer.Option(..., "--stage2", help="Stage 2 checkpoint or run folder (optionally @best / @latest / @<step>)."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write (new, empty, or an earlier bundle to replace)."),
+    cache: Optional[str] = typer.Option(None, help="The cache the checkpoints were trained on (default: the one they record, found from any folder)."),
+    include_vfm: bool = typer.Option(False, "--include-vfm", help="Copy the VFM weights file into the bundle (checked against the cache's fingerprint); default: named by fingerprint only."),
+    vfm_weights: Optional[str] = typer.Option(None, help="The VFM weights file for --include-vfm, if it moved since the cache was built."),
+) -> None:
+    """A trained run as one self-contained folder in the Hugging Face layout (a bundle).
+
+    It holds stage1/ and stage2/ (config.json + model.safetensors, EMA weights where present), pca.safetensors, codec.safetensors (the learned linear codec; a WAN
+    VAE is named by fingerprint), cache.json, model_index.json and a README.md model card. `predict --bundle DIR` and
+    `re2pix.Re2PixPipeline.from_pretrained(DIR)` need nothing else (but the VFM / VAE weights the card names)."""
+    from eval.bundle import export_bundle
+
+    export_bundle(stage1, stage2, out, cache=cache, include_vfm=include_vfm, vfm_weights=vfm_weights)
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -258,6 +258,11 @@ class DiTConfig:
     latent_channels: int = 0
     feature_channels: int = 0
 
+    @property
+    def feature_conditioned(self) -> bool:
+        """Whether the DiT takes semantic features (early fusion): the one definition every layer uses."""
+        return self.conditioning == "features" and self.feature_channels > 0
+
 
 @dataclass
 class DiffusionConfig:

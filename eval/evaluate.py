@@ -53,8 +53,8 @@ import torch
 
 from configs.schema import Config, config_from_dict
 from eval.frechet import FeatureStats
+from eval.frozen import check_checkpoints_fit_cache, checkpoint_config
 from eval.generate import FrameRenderer
-from eval.predict import check_checkpoints_fit_cache, checkpoint_config, sampling_config
 from eval.protocol import EvalBatch, EvalProtocol, open_protocol
 from eval.protocol_tag import protocol_tags
 from eval.report import describe_protocol, plot_metric_vs_step, write_report
@@ -71,6 +71,7 @@ from eval.scoring import (
     summarize,
 )
 from eval.visualize import GridCollector
+from models.samplers import sampling_settings
 from models.stage2 import build_stage2_model
 from pipeline import atomic
 from pipeline.console import progress, summary, warn_loud
@@ -171,16 +172,14 @@ def stage2_renderer(job: Stage2Job, p: EvalProtocol, seed: int, overrides: dict[
     feature options only apply to a feature-conditioned model); records them in job.config."""
     model, loaded = ckpt.load_model_for_inference(job.path, build_stage2_model, device=p.device)
     train_cfg = config_from_dict(job.config["config"])
-    conditioned = bool(model.net.uses_features)
+    conditioned = model.feature_channels > 0
     feature_options = {k: overrides[k] for k in ("inference_components", "guidance_weight", "guidance_components")}
     chosen = {"steps": overrides["steps"]}
     if conditioned:
         chosen.update(feature_options)
     elif any(v is not None for v in feature_options.values()):
         add_note(notes, f"{job.run}: components/guidance options do not apply to a model without feature conditioning")
-    sampling = sampling_config(train_cfg.stage2.diffusion, **chosen)
-    if not conditioned and sampling.guidance_weight > 0:
-        sampling = dataclasses.replace(sampling, guidance_weight=0.0)
+    sampling = sampling_settings(train_cfg.stage2.diffusion, model.feature_channels, **chosen)
     job.config = {**job.config, "loaded_weights": loaded["loaded_weights"], "sampling": dataclasses.asdict(sampling)}
     return FrameRenderer(model, p.codec, sampling, p.context_latent_frames, p.context_frames, seed, p.device)
 

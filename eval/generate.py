@@ -1,13 +1,13 @@
 """Rendering the future with a Stage 2 checkpoint, and the noise seeds every sampling caller derives the same way.
 
-`FrameRenderer` runs the lower half of the hierarchy on a batch of val windows: Stage 2 samples the future latents from
+`sample_future` is the one Stage 2 sampling call. `FrameRenderer` runs the lower half of the hierarchy on a batch of val windows: Stage 2 samples the future latents from
 the clean context latents and the (true context + Stage 1 predicted) features, and the codec decodes them to uint8
 frames. `noise_seed` gives evaluate, predict and `bench sample` independent, reproducible noise streams.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,18 @@ def noise_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0])
 
 
+def sample_future(model: nn.Module, context_latents: torch.Tensor, latent_frames: int, features: torch.Tensor | None,
+                  sampling: DiffusionConfig, generator: torch.Generator, autocast: Any) -> torch.Tensor:
+    """The one Stage 2 sampling path (evaluate's FrameRenderer and the API's Re2PixPipeline both call it): latents
+    [B, Cz, Tl, H', W'] (float32) whose first frames are the clean `context_latents` [B, Cz, ctx, H', W'], conditioned
+    on `features` [B, Tf, C, h, w] (context then forecast; None for a model without features)."""
+    context, cond_mask = context_inputs(context_latents, latent_frames)
+    dit_features = features.permute(0, 2, 1, 3, 4) if features is not None else None  # [B, C, Tf, h, w]
+    with autocast:
+        z = sample(model.denoiser, tuple(context.shape), context, cond_mask, dit_features, sampling, generator=generator)
+    return z.float()
+
+
 class FrameRenderer:
     """The full hierarchy below Stage 1 for one Stage 2 checkpoint: (features given) -> Stage 2 sampling -> decode.
 
@@ -42,17 +54,15 @@ class FrameRenderer:
         self.model, self.codec, self.sampling = model, codec, sampling
         self.context_latent_frames, self.context_frames = context_latent_frames, context_frames
         self.seed, self.device = seed, device
-        self.uses_features = bool(model.net.uses_features)
+        self.uses_features = model.feature_channels > 0
 
     @torch.no_grad()
     def __call__(self, batch: EvalBatch, sample_index: int) -> torch.Tensor:
         ctx, latents = self.context_latent_frames, batch.latents
-        context, cond_mask = context_inputs(latents[:, :, :ctx], latents.shape[2])
         features = None
         if self.uses_features:
-            full = torch.cat([batch.features[:, :ctx], batch.predicted_features.to(batch.features.dtype)], dim=1)
-            features = full.permute(0, 2, 1, 3, 4)  # [B, C, Tf, h, w]
+            features = torch.cat([batch.features[:, :ctx], batch.predicted_features.to(batch.features.dtype)], dim=1)
         generator = torch.Generator().manual_seed(noise_seed(self.seed, sample_index, batch.rows[0]))
-        with inference_autocast(self.device):
-            z = sample(self.model.denoiser, tuple(latents.shape), context, cond_mask, features, self.sampling, generator=generator)
-        return quantize(self.codec.decode(z.float())[:, :, self.context_frames :])
+        z = sample_future(self.model, latents[:, :, :ctx], latents.shape[2], features, self.sampling, generator,
+                          inference_autocast(self.device))
+        return quantize(self.codec.decode(z)[:, :, self.context_frames :])

@@ -16,8 +16,8 @@ from torch import nn
 
 from configs.schema import Config
 from eval.feature_nets import FVD_MIN_FRAMES
+from eval.frozen import build_frozen_codec, build_frozen_vfm, checkpoint_config
 from eval.native_labels import read_native_label
-from eval.predict import build_frozen_codec, build_frozen_vfm, checkpoint_config
 from eval.scoring import MetricNets, RowMetrics, add_note, quantize
 from models.heads import HEAD_TASKS, build_head, predict_labels
 from models.rollout import rollout_from_history
@@ -196,9 +196,9 @@ def open_protocol(
     reader = open_complete_cache(cache)
     meta = reader.meta
     pca = reader.pca()
-    window = meta["window"]
-    k_frames, m_frames, height, width = (int(window[key]) for key in ("frames", "context_frames", "height", "width"))
-    feature_indices = [int(i) for i in meta["feature_frame_indices"]]
+    window = layout.WindowMeta.of(meta)
+    k_frames, m_frames, height, width = window.frames, window.context_frames, window.height, window.width
+    feature_indices = list(window.feature_indices)
     annotated = int(cfg.eval.annotated_index)
     if not m_frames <= annotated < k_frames:
         raise ValueError(
@@ -230,7 +230,7 @@ def open_protocol(
         stage1_config=stage1_config, rows=rows, batch_size=max(1, int(cfg.eval.batch_size)),
         truth_from=truth_source(truth, meta["codec"].get("weights", "")), window_frames=k_frames,
         context_frames=m_frames, height=height, width=width, feature_indices=feature_indices,
-        context_latent_frames=int(meta["context_latent_frames"]), latent_frames=int(meta["latent_frames"]),
+        context_latent_frames=window.context_latent_frames, latent_frames=window.latent_frames,
         annotated=annotated, annotated_feature=annotated_feature, fvd_clips=fvd_clips,
         label_resolution=cfg.protocol.label_resolution,
     )

@@ -74,7 +74,7 @@ class VFMFeatureNet(nn.Module):
 
 
 def vfm_metric_nets(cfg: Config, cache: str, device: str | None) -> Any:
-    from eval.predict import build_frozen_vfm
+    from eval.frozen import build_frozen_vfm
     from eval.scoring import MetricNets
     from pipeline.device import resolve_device
     from pipeline.store import CacheReader

@@ -37,6 +37,15 @@ def nested_dropout(features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return torch.where(kept[:, :, None, None, None], features, zero)
 
 
+def truncate_features(features: torch.Tensor, keep: int) -> torch.Tensor:
+    """Truncation (paper Table 5) and the coarse pass of representation guidance: nested dropout with one fixed c =
+    `keep` for every sample. `keep` >= C keeps every channel (the features are returned as they are)."""
+    _check_features(features)
+    if keep >= features.shape[1]:
+        return features
+    return nested_dropout(features, torch.full((features.shape[0],), int(keep), dtype=torch.long))
+
+
 def nested_levels(levels: list[int], channels: int) -> list[int]:
     """The usable levels for `channels` feature channels: those below it, sorted, plus `channels` itself last."""
     if channels <= 0:

@@ -205,7 +205,7 @@ class VideoDiT(nn.Module):
                 "Use a codec with fewer channels (codec.name = linear or wan) or a wider model (stage2.model.width)",
                 stacklevel=2,
             )
-        self.uses_features = cfg.conditioning == "features" and cfg.feature_channels > 0
+        self.uses_features = cfg.feature_conditioned
         self.activation_checkpointing = False
 
         # +1: the condition-mask channel (1 on context frames).

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from configs.schema import SAMPLERS, check_sampler  # noqa: F401  (SAMPLERS re-exported: the list samplers implement)
+from models.conditioning import truncate_features
 
 if TYPE_CHECKING:
     from configs.schema import DiffusionConfig
@@ -89,37 +90,63 @@ def integrate(predict_x0: X0Predictor, x: torch.Tensor, sigmas: torch.Tensor, me
     return predict_x0(x, levels[-1])
 
 
-def keep_first_channels(features: torch.Tensor, keep: int) -> torch.Tensor:
-    """Nested-dropout truncation (paper eq. 9): keep channels [0, keep) of features [B, Cf, T, h, w], zero the rest."""
-    if keep >= features.shape[1]:
-        return features
-    out = features.clone()
-    out[:, keep:] = 0
-    return out
+def check_sampling(cfg: DiffusionConfig, feature_channels: int, coarse_given: bool = False) -> None:
+    """The one owner of the sampling options' rules, for a model that takes `feature_channels` feature channels
+    (0: a model without feature conditioning). Refuses, naming the option: an unknown sampler, steps < 1, a negative
+    guidance weight, inference components outside [0, C], guidance components not in [1, in use - 1], and guidance
+    for a model without features ("guidance needs a feature-conditioned model", raised here and nowhere else).
+    `coarse_given`: the guidance pass gets its own features, so the guidance-components rule does not apply."""
+    check_sampler(cfg.sampler)
+    if cfg.steps < 1:
+        raise ValueError(f"stage2.diffusion.steps={cfg.steps} must be >= 1 (sampling steps)")
+    if cfg.guidance_weight < 0:
+        raise ValueError(f"stage2.diffusion.guidance_weight={cfg.guidance_weight} must be >= 0 (0 = no guidance)")
+    if feature_channels <= 0:
+        if cfg.guidance_weight > 0:
+            raise ValueError(
+                f"stage2.diffusion.guidance_weight={cfg.guidance_weight}: representation guidance needs a "
+                "feature-conditioned Stage 2 model, and this one takes no features; use guidance_weight = 0"
+            )
+        return
+    if cfg.inference_components < 0 or cfg.inference_components > feature_channels:
+        raise ValueError(
+            f"stage2.diffusion.inference_components={cfg.inference_components} must be in [0, {feature_channels}] "
+            f"(the features have {feature_channels} channels; 0 = all)"
+        )
+    in_use = cfg.inference_components or feature_channels
+    if cfg.guidance_weight > 0 and not coarse_given and not 0 < cfg.guidance_components < in_use:
+        raise ValueError(
+            f"stage2.diffusion.guidance_components={cfg.guidance_components} must be in [1, {in_use - 1}]: the coarse "
+            f"pass must keep fewer channels than the {in_use} in use, or guidance does nothing"
+        )
+
+
+def sampling_settings(base: DiffusionConfig, feature_channels: int, **overrides: object) -> DiffusionConfig:
+    """`base` (a checkpoint's `stage2.diffusion`) with the caller's overrides (None = keep), checked once by
+    `check_sampling`. For a model without features the base's own feature options are defaults that do not apply
+    and are reset; an explicit override of them is still checked (and guidance refused)."""
+    import dataclasses
+
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(base)})
+    if unknown:
+        raise ValueError(f"unknown sampling options {unknown}; the options are the fields of stage2.diffusion")
+    if feature_channels <= 0:
+        base = dataclasses.replace(base, guidance_weight=0.0, inference_components=0)
+    cfg = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    check_sampling(cfg, feature_channels)
+    return cfg
 
 
 def _prepare_features(
     features: torch.Tensor | None, guidance_features: torch.Tensor | None, cfg: DiffusionConfig
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Apply cfg.inference_components, then build the coarse features of the guidance pass (None when off)."""
-    if cfg.guidance_weight < 0:
-        raise ValueError(f"stage2.diffusion.guidance_weight={cfg.guidance_weight} must be >= 0 (0 = no guidance)")
     guided = cfg.guidance_weight > 0
+    check_sampling(cfg, 0 if features is None else features.shape[1], coarse_given=guidance_features is not None)
     if features is None:
-        if guided:
-            raise ValueError(
-                f"stage2.diffusion.guidance_weight={cfg.guidance_weight} needs semantic features, but none were given; "
-                "set guidance_weight = 0 for a model without feature conditioning"
-            )
         return None, None
-    channels = features.shape[1]
-    if cfg.inference_components < 0 or cfg.inference_components > channels:
-        raise ValueError(
-            f"stage2.diffusion.inference_components={cfg.inference_components} must be in [0, {channels}] "
-            f"(the features have {channels} channels; 0 = all)"
-        )
     if cfg.inference_components:
-        features = keep_first_channels(features, cfg.inference_components)
+        features = truncate_features(features, cfg.inference_components)
     if not guided:
         return features, None
     if guidance_features is not None:
@@ -128,13 +155,7 @@ def _prepare_features(
                 f"guidance_features {tuple(guidance_features.shape)} must have the shape of features {tuple(features.shape)}"
             )
         return features, guidance_features
-    in_use = cfg.inference_components or channels
-    if not 0 < cfg.guidance_components < in_use:
-        raise ValueError(
-            f"stage2.diffusion.guidance_components={cfg.guidance_components} must be in [1, {in_use - 1}]: the coarse "
-            f"pass must keep fewer channels than the {in_use} in use, or guidance does nothing"
-        )
-    return features, keep_first_channels(features, cfg.guidance_components)
+    return features, truncate_features(features, cfg.guidance_components)
 
 
 def make_x0_predictor(

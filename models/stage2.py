@@ -82,6 +82,11 @@ class Stage2Model(nn.Module):
         return self.denoiser.net
 
     @property
+    def feature_channels(self) -> int:
+        """Feature channels the DiT takes: 0 for a model without feature conditioning (DiTConfig.feature_conditioned)."""
+        return int(self.spec.dit.feature_channels) if self.spec.dit.feature_conditioned else 0
+
+    @property
     def activation_checkpointing(self) -> bool:
         return self.net.activation_checkpointing
 

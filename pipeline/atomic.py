@@ -33,6 +33,26 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return str(Path(base).joinpath(*parts))
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS says it (Linux: /proc/self/status); elsewhere set
+    and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """A local path made absolute (so a record of it means the same from any working folder); URLs unchanged."""
+    return local(path) if is_url(path) else str(Path(local(path)).absolute())
+
+
 def exists(path: str | os.PathLike) -> bool:
     if is_url(path):
         fs, p = fsspec.core.url_to_fs(str(path))
@@ -49,6 +69,9 @@ def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp creates 0600; the file we leave behind gets the mode a plain open() would give (0644 under umask 022),
+    # so a cache or checkpoint written by one user is readable by the others the umask lets read it.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         if fsync:

@@ -111,7 +111,7 @@ class CacheWorker:
 
     def _codec(self) -> Any:
         if self.codec is None:
-            from pipeline.codec import build_codec
+            from pipeline.codec_factory import build_codec
 
             self.codec = build_codec(self.cfg.codec, allow_random_weights=self.allow_random_weights, device=self.device)
         return self.codec

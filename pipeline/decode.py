@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.clip import LABEL_KINDS, Clip
 from pipeline.errors import InputError
-
-if TYPE_CHECKING:  # decode sits below the readers: importing pipeline.sources here would be circular
-    from pipeline.sources.base import Clip
-
-LABEL_KINDS = ("segmentation", "depth")
 
 
 def probe_video(path: str) -> tuple[float, int]:
@@ -154,6 +149,15 @@ def _resize_rgb(image: Image.Image, height: int, width: int) -> np.ndarray:
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [T, H, W, 3] frames resized to [T, height, width, 3] exactly as frames read from files are (Pillow
+    bilinear with antialiasing; frames already at the size are returned unchanged)."""
+    _check_size(height, width)
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack([_resize_rgb(Image.fromarray(np.ascontiguousarray(f)), height, width) for f in frames])
 
 
 def _check_size(height: int, width: int) -> None:

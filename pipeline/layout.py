@@ -26,6 +26,9 @@ A cache is one directory (local path or fsspec URL):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 SCHEMA_VERSION = 1
 
 META = "meta.json"
@@ -70,3 +73,24 @@ FAILURE_COLUMNS = {"sample": "int64", "sample_id": "str", "path": "str", "stage"
 
 def shard_done_name(shard: int) -> str:
     return f"shard_{shard:06d}.json"
+
+
+@dataclass(frozen=True)
+class WindowMeta:
+    """meta.json's window, typed: K frames at H x W with the first M observed; the feature frames (window indices, one
+    per latent frame) and how many of them are context."""
+
+    frames: int  # K
+    context_frames: int  # M
+    height: int
+    width: int
+    feature_indices: tuple[int, ...]
+    latent_frames: int
+    context_latent_frames: int
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> WindowMeta:
+        window = meta["window"]
+        return cls(int(window["frames"]), int(window["context_frames"]), int(window["height"]), int(window["width"]),
+                   tuple(int(i) for i in meta["feature_frame_indices"]), int(meta["latent_frames"]),
+                   int(meta["context_latent_frames"]))

@@ -100,7 +100,7 @@ def test_linear_codec_fitted_across_workers_and_decodes_the_frames(tiny, full_ca
 def test_a_cache_without_its_codec_file_or_with_another_is_refused_by_name(tiny, full_cache, tmp_path):
     import shutil
 
-    from eval.predict import build_frozen_codec
+    from eval.frozen import build_frozen_codec
 
     out, _ = full_cache
     copy = tmp_path / "copy"

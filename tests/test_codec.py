@@ -10,7 +10,8 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from configs.schema import CodecConfig, load_config
-from pipeline.codec import Codec, build_codec
+from pipeline.codec import Codec
+from pipeline.codec_factory import build_codec
 from pipeline.codec_pixel import PixelCodec
 from pipeline.codec_wan import (
     WanCodec,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from configs.schema import CodecConfig, ConfigError, load_config
-from pipeline.codec import build_codec, frame_psnr
+from pipeline.codec import frame_psnr
+from pipeline.codec_factory import build_codec
 from pipeline.codec_linear import (
     LinearCodec,
     LinearCodecError,

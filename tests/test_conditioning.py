@@ -11,8 +11,8 @@ from models.conditioning import (
     nested_levels,
     sample_mixed,
     sample_nested_keep,
+    truncate_features,
 )
-from models.samplers import keep_first_channels
 
 
 def features(b=3, c=16, t=4, h=2, w=3, seed=0):
@@ -68,13 +68,14 @@ def test_sampled_levels_are_uniform():
 
 
 def test_inference_truncation_equals_training_nested_dropout_at_the_same_level():
-    # Table 5's inference truncation (models.samplers) must zero exactly what training's nested dropout zeroes.
+    # Table 5's inference truncation (what models.samplers applies) zeroes exactly what training's nested dropout does.
     f = features()
     for keep in (1, 3, 16):
         levels = torch.full((f.shape[0],), keep, dtype=torch.long)
-        out = keep_first_channels(f, keep)
+        out = truncate_features(f, keep)
         assert torch.equal(out, nested_dropout(f, levels))
         assert torch.equal(out[:, :keep], f[:, :keep]) and torch.all(out[:, keep:] == 0)
+    assert truncate_features(f, f.shape[1]) is f and truncate_features(f, f.shape[1] + 5) is f  # all kept: no copy
 
 
 def test_mixed_supervision_frequency_matches_probability():

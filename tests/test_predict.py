@@ -1,4 +1,5 @@
-"""predict: the whole hierarchy on a clip, with a real (tiny) cache from the DAG and checkpoints from both trainers."""
+"""predict: the whole hierarchy on a clip, with a real (tiny) cache from the DAG and checkpoints from both trainers
+(the session fixture `trained` in conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from configs.schema import load_config
 from eval.predict import predict
 from eval.visualize import read_mp4, write_mp4
 from pipeline import layout
@@ -23,33 +23,6 @@ from pipeline.weights import MissingWeightsError
 from train import checkpoint as ckpt
 
 STEPS = 3  # sampler steps: enough to exercise the multistep path, cheap on CPU
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny synthetic set -> the real cache DAG (random VFM, pixel codec) -> a few steps of Stage 1 and Stage 2."""
-    import ray
-
-    from pipeline.dag import build_cache
-    from pipeline.synthetic import write_sample_dataset
-    from train.stage1 import train_stage1
-    from train.stage2 import train_stage2
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("predict")
-    write_sample_dataset(root / "data", train=2, val=1, height=64, width=128, progress=False)
-    cfg = load_config("tiny", {
-        "stage1.train.steps": 2, "stage1.train.batch_size": 2, "stage1.train.val_every": 0,
-        "stage2.train.steps": 2, "stage2.train.batch_size": 2, "stage2.train.val_every": 0,
-        "stage2.mixed_supervision_prob": 0.0,
-    })
-    try:
-        build_cache(cfg, "synthetic", root / "data", root / "cache", workers=1, allow_random_weights=True)
-    finally:
-        ray.shutdown()
-    train_stage1(cfg, str(root / "cache"), str(root / "s1"))
-    train_stage2(cfg, str(root / "cache"), str(root / "s2"))
-    return {"root": root, "cfg": cfg, "cache": str(root / "cache"), "s1": str(root / "s1"), "s2": str(root / "s2")}
 
 
 def _val_clip(trained):

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from configs.schema import DiffusionConfig
+from models.conditioning import truncate_features
 from models.diffusion import Denoiser
 from models.samplers import (
     euler_step,
     integrate,
     karras_sigmas,
-    keep_first_channels,
     make_x0_predictor,
     multistep_step,
     sample,
@@ -208,7 +208,7 @@ def test_guided_prediction_is_full_plus_w_times_full_minus_coarse():
     w, c = 0.7, 6
     context, features, mask = _guidance_problem()
     den = Denoiser(CountingNet(C, CF), DiffusionConfig())
-    coarse = keep_first_channels(features, c)
+    coarse = truncate_features(features, c)
     predict = make_x0_predictor(den, context, mask, features, w, coarse)
     x = torch.randn(B, C, T, H, W, generator=torch.Generator().manual_seed(8)) * 3
     sigma = torch.full((B,), 3.0)
@@ -227,7 +227,7 @@ def test_zero_guidance_weight_is_the_unguided_sampler():
     assert all(call["batch"] == B for call in net.calls)  # no coarse pass at w = 0
     with_coarse = sample(
         den, context.shape, context, mask, features, cfg, torch.Generator().manual_seed(2),
-        guidance_features=keep_first_channels(features, 4),
+        guidance_features=truncate_features(features, 4),
     )
     assert torch.equal(plain, with_coarse)
     guided = sample(
@@ -251,7 +251,7 @@ def test_bad_guidance_and_sampler_settings_raise_clear_errors():
     context, features, mask = _guidance_problem()
     den = Denoiser(CountingNet(C, CF), DiffusionConfig())
     run = lambda cfg, feats=features: sample(den, context.shape, context, mask, feats, cfg)
-    with pytest.raises(ValueError, match="needs semantic features"):
+    with pytest.raises(ValueError, match="needs a feature-conditioned"):
         run(DiffusionConfig(steps=2, guidance_weight=0.5), None)
     with pytest.raises(ValueError, match="guidance_components"):
         run(DiffusionConfig(steps=2, guidance_weight=0.5, guidance_components=CF))
@@ -263,3 +263,25 @@ def test_bad_guidance_and_sampler_settings_raise_clear_errors():
         run(DiffusionConfig(steps=2, sampler="heun"))
     with pytest.raises(ValueError, match="context"):
         sample(den, (B, C, T, H, W + 1), context, mask, features, DiffusionConfig(steps=2))
+
+
+def test_sampling_settings_is_the_one_owner_of_the_rules():
+    from models.samplers import sampling_settings
+
+    base = DiffusionConfig(steps=4, guidance_weight=0.5, guidance_components=4, inference_components=8)
+    assert sampling_settings(base, CF) == base
+    assert sampling_settings(base, CF, steps=None, sampler="euler") == dataclasses.replace(base, sampler="euler")
+    # A model without features: the base's feature options are defaults that do not apply ...
+    plain = sampling_settings(base, 0)
+    assert plain.guidance_weight == 0 and plain.inference_components == 0 and plain.steps == 4
+    # ... but asking for guidance is refused, with the same rule sample() applies.
+    with pytest.raises(ValueError, match="needs a feature-conditioned"):
+        sampling_settings(base, 0, guidance_weight=0.5)
+    with pytest.raises(ValueError, match=r"inference_components=9 must be in \[0, 8\]"):
+        sampling_settings(DiffusionConfig(), 8, inference_components=9)
+    with pytest.raises(ValueError, match=r"guidance_components=8 must be in \[1, 7\]"):
+        sampling_settings(DiffusionConfig(), 8, guidance_weight=1.0, guidance_components=8)
+    with pytest.raises(ValueError, match="steps=0"):
+        sampling_settings(DiffusionConfig(), 8, steps=0)
+    with pytest.raises(ValueError, match="unknown sampling options"):
+        sampling_settings(DiffusionConfig(), 8, guidance=1.0)

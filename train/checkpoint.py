@@ -345,16 +345,25 @@ def load_model_for_inference(
     config = read_config(path)
     if "model" not in config:
         raise CheckpointError(f"{path / CONFIG_FILE} has no 'model' section; it was not written by train/loop.py")
-    model = model_factory(config["model"])
     weights, which = read_weights(path, prefer_ema)
+    model = build_with_weights(model_factory, config["model"], weights, path, device)
+    return model, {**config, "checkpoint": str(path), "loaded_weights": which, "selected": why}
+
+
+def build_with_weights(
+    model_factory: Callable[[dict[str, Any]], nn.Module], model_config: dict[str, Any], weights: dict[str, torch.Tensor],
+    where: str | os.PathLike, device: str | torch.device = "cpu",
+) -> nn.Module:
+    """`model_factory(model_config)` with exactly `weights` loaded (every key, none extra), on `device`, in eval mode.
+    `where` names the weights in the error (a checkpoint or bundle folder)."""
+    model = model_factory(model_config)
     current = model.state_dict()
     missing = sorted(set(current) - set(weights))
     unexpected = sorted(set(weights) - set(current))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not fit the model built from its config (missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}); was the model code changed since this checkpoint was written?"
+            f"{where}: weights do not fit the model built from its config (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}); was the model code changed since these weights were written?"
         )
     model.load_state_dict({k: v.to(current[k].dtype) for k, v in weights.items()})
-    model.to(device).eval()
-    return model, {**config, "checkpoint": str(path), "loaded_weights": which, "selected": why}
+    return model.to(device).eval()

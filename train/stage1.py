@@ -24,7 +24,7 @@ from torch import nn
 from configs.schema import Config, ConfigError, Stage1ModelConfig
 from models.foresight import FeatureForesight
 from models.rollout import rollout
-from pipeline import layout
+from pipeline import atomic, layout
 from pipeline.console import console
 from pipeline.store import (
     CacheError,
@@ -204,6 +204,7 @@ def train_stage1(
         "vfm_weights": meta["vfm"].get("weights"),
         "pca_fingerprint": meta["pca"].get("fingerprint"),
         "cache": str(cache),
+        "cache_absolute": atomic.absolute(cache),
         "stage": "stage1",
         "init": str(init or ""),
     }

@@ -44,7 +44,7 @@ from models.conditioning import (
 )
 from models.diffusion import context_mask, denoising_loss
 from models.stage2 import Stage2Model, Stage2ModelSpec, stage2_model_spec
-from pipeline import layout
+from pipeline import atomic, layout
 from pipeline.console import console, warn_loud
 from pipeline.store import (
     CacheError,
@@ -147,7 +147,7 @@ class Stage2Task:
                  mixed_prob: float = 0.0, pool_fraction: float = 1.0):
         self.spec = spec
         self.context = int(context_latent_frames)
-        self.uses_features = spec.dit.conditioning == "features"
+        self.uses_features = spec.dit.feature_conditioned
         self.nested = nested and self.uses_features
         self.levels = list(levels)
         if self.nested:
@@ -245,7 +245,7 @@ def train_stage2(
     if len(train_samples) == 0:
         raise CacheError(f"{cache} has no complete 'train' samples; check manifest.parquet splits and failures.parquet")
 
-    conditioned = spec.dit.conditioning == "features"
+    conditioned = spec.dit.feature_conditioned
     needs_features = conditioned or spec.alignment != "none"
     mixing = conditioned and s2.mixed_supervision_prob > 0
     pool_samples, pool_fraction = (require_pool(reader, train_samples, s2.mixed_supervision_prob) if mixing else (None, 1.0))
@@ -266,6 +266,7 @@ def train_stage2(
         "codec_weights": meta["codec"].get("weights"),
         "pca_fingerprint": meta["pca"].get("fingerprint"),
         "cache": str(cache),
+        "cache_absolute": atomic.absolute(cache),
         "stage": "stage2",
         "conditioning": spec.dit.conditioning,
         "alignment": spec.alignment,

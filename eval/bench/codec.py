@@ -21,7 +21,8 @@ from rich.table import Table
 
 from configs.schema import Config
 from models.metrics import psnr, ssim
-from pipeline.codec import Codec, build_codec
+from pipeline.codec import Codec
+from pipeline.codec_factory import build_codec
 from pipeline.codec_linear import add_video, block_accumulator, fit_linear_codec
 from pipeline.codec_pixel import PixelCodec
 from pipeline.console import console, summary
