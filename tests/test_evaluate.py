@@ -34,7 +34,7 @@ from eval.evaluate import (
     evaluate,
 )
 from eval.feature_nets import MissingMetricWeightsError
-from eval.predict import build_frozen_codec
+from eval.frozen import build_frozen_codec
 from eval.scoring import quantize
 from pipeline import layout
 from pipeline.store import CacheError, CacheReader

@@ -17,8 +17,8 @@ from models.vfm_pretraining import MaskedLatentPredictor, set_layer_scale
 from pipeline.synthetic.frames import HELD_OUT_STREAM, PRETRAIN_STREAM, render_world_frames
 from pipeline.vfm import VFMExtractor, build_vfm, create_vit, record_path
 from pipeline.weights import WeightsFormatError, file_weights_tag, seeded
-from train.vfm_probe import extract_features, layer_differences, sample_logits
 from train.vfm_pretrain import WEIGHTS_FILE, pretrain_vfm, settings_key, with_pretrained_vfm
+from train.vfm_probe import extract_features, layer_differences, sample_logits
 from train.vfm_views import ViewSpec, block_masks, random_resized_crops
 
 TINY_RUN = [

@@ -30,8 +30,8 @@ from safetensors.torch import save_file
 
 from configs.schema import Config, ConfigError
 from models.vfm_pretraining import MaskedLatentPredictor, set_layer_scale
-from pipeline.console import progress
 from pipeline.atomic import atomic_path, write_json
+from pipeline.console import progress
 from pipeline.fingerprint import dict_fingerprint, file_fingerprint
 from pipeline.synthetic.frames import HELD_OUT_STREAM, PRETRAIN_STREAM, render_world_frames
 from pipeline.vfm import VFMExtractor, create_vit, has_published_weights, read_record, record_path
