@@ -183,8 +183,9 @@ def judge(per_seed: dict[int, dict[str, dict[str, float | None]]], windows: Wind
         r["p_holm"] = p
         judged = p is not None and r["n_seeds"] >= 2
         r["holds"] = bool(p < alpha and r["difference"] > 0) if judged else None
-        r["min_detectable"] = min_detectable(r.get("se"), alpha / max(1, m_tests), 0.8,
-                                             math.inf if r.get("df") is None else r["df"], r.get("one_sided", False))
+        # no variation at all (rows identical on every window and seed): no standard error, nothing to detect with
+        r["min_detectable"] = None if not r.get("se") else min_detectable(
+            r["se"], alpha / max(1, m_tests), 0.8, math.inf if r.get("df") is None else r["df"], r.get("one_sided", False))
     verdicts = [r["holds"] for r in results if r["holds"] is not None]
     holds = None if not verdicts else (any(verdicts) if rule == "any" else all(verdicts))
     return {"comparisons": results, "holds": holds, "held": sum(verdicts), "judged": len(verdicts),

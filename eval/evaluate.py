@@ -63,13 +63,13 @@ from eval.scoring import (
     METRICS,
     PIXEL_METRICS,  # noqa: F401  (part of this module's public vocabulary)
     SEMANTIC_METRICS,  # noqa: F401
+    WINDOW_FEATURE_MAX_DIM,
     MetricNets,
     RowMetrics,
     add_note,
     build_metric_nets,
     quantize,
     summarize,
-    WINDOW_FEATURE_MAX_DIM,
 )
 from eval.visualize import GridCollector
 from eval.windows import FILENAME as WINDOWS_FILE

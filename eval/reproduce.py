@@ -36,7 +36,6 @@ from torch import nn
 from configs.schema import Config, ConfigError, config_from_dict
 from eval.claims import SEMANTIC, build_results, estimate_default
 from eval.task_pool import Task, default_jobs, run_tasks
-from eval.windows import FILENAME as WINDOWS_FILE
 from eval.variants import (
     BASELINE,
     CURVE_VARIANTS,
@@ -53,6 +52,7 @@ from eval.variants import (
     slug,
     variant_config,
 )
+from eval.windows import FILENAME as WINDOWS_FILE
 from pipeline import atomic
 from pipeline.console import console, summary, warn_loud
 

@@ -206,37 +206,35 @@ def paired_contrast(a: np.ndarray, b: np.ndarray, higher: bool = True, **kw: Any
     return mean_contrast([[x, y] for x, y in zip(a, b)], [1.0, -1.0], higher, **kw)
 
 
-def set_contrast(rows: Sequence[Sequence[Any]], weights: Sequence[float], statistic: Callable[[Any, np.ndarray], float],
-                 n_windows: Sequence[int], higher: bool = True, alpha: float = ALPHA, one_sided: bool = False,
-                 n_boot: int = N_BOOT_SET, seed: int = 0) -> dict[str, Any]:
+def set_contrast(rows: Sequence[Sequence[Any]], weights: Sequence[float],
+                 statistic: Callable[[Any, np.ndarray], np.ndarray], n_windows: Sequence[int], higher: bool = True,
+                 alpha: float = ALPHA, one_sided: bool = False, n_boot: int = N_BOOT_SET, seed: int = 0) -> dict[str, Any]:
     """A linear contrast of a SET-LEVEL metric (mIoU from summed confusion matrices, a Fréchet distance, ...).
 
-    rows[s][r]: whatever `statistic(data, window_indices)` needs for row r of seed s; statistic returns the metric
-    over those windows (repeated indices count twice). The bootstrap draws the same indices for every row of a seed.
+    rows[s][r]: whatever `statistic(data, counts)` needs for row r of seed s; `counts` [B, n_windows] says how often
+    each window is in each of B window multisets (all ones: the full set), and statistic returns the metric of each
+    multiset [B] (vectorised over the bootstrap). The bootstrap draws the same multisets for every row of a seed.
     Resampling duplicates windows, which biases a Fréchet distance slightly; the bias is common to the rows of the
     contrast and partly cancels, and the seed-level interval does not resample at all. Conservative by construction
     (the larger interval)."""
     sign = 1.0 if higher else -1.0
     w = np.asarray(weights, dtype=np.float64)
-    estimates, boot_vars, counts = [], [], []
+    estimates, boot_vars, sizes = [], [], []
     for s, (seed_rows, n) in enumerate(zip(rows, n_windows)):
-        full = np.arange(n)
-        values = [statistic(r, full) for r in seed_rows]
-        if any(v is None or not math.isfinite(v) for v in values):
+        values = np.array([float(np.asarray(statistic(r, np.ones((1, n))))[0]) for r in seed_rows])
+        if not np.isfinite(values).all():
             continue
-        estimates.append(sign * float(w @ np.asarray(values)))
-        rng = _seed_rng(seed, s)
-        boot = []
-        for _ in range(n_boot if n > 1 else 0):
-            idx = rng.integers(0, n, size=n)
-            vals = [statistic(r, idx) for r in seed_rows]
-            if all(v is not None and math.isfinite(v) for v in vals):
-                boot.append(sign * float(w @ np.asarray(vals)))
+        estimates.append(sign * float(w @ values))
+        draws = _seed_rng(seed, s).integers(0, n, size=(n_boot if n > 1 else 0, n))
+        counts = np.zeros((len(draws), n))
+        np.add.at(counts, (np.repeat(np.arange(len(draws)), n), draws.reshape(-1)), 1.0)
+        boot = sign * (w @ np.stack([np.asarray(statistic(r, counts), dtype=np.float64) for r in seed_rows])) if len(draws) else np.zeros(0)
+        boot = boot[np.isfinite(boot)]
         boot_vars.append(float(np.var(boot, ddof=1)) if len(boot) > 1 else 0.0)
-        counts.append(n)
+        sizes.append(n)
     if not estimates:
         return {"difference": None, "paired": True, "n_seeds": 0, "n_windows": 0, "ci95": None, "p_value": None, "se": None}
-    return combine(estimates, boot_vars, counts, alpha, one_sided)
+    return combine(estimates, boot_vars, sizes, alpha, one_sided)
 
 
 def trend_weights(levels: Sequence[float]) -> list[float]:
@@ -269,3 +267,33 @@ def frechet_from_samples(x: np.ndarray, y: np.ndarray) -> float:
         inner = root @ sb @ root
         cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum()
     return float(diff @ diff + (a * a).sum() + (b * b).sum() - 2.0 * cross)
+
+
+def _sqrtm_psd(m: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((m + np.swapaxes(m, -1, -2)) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))[..., None, :]) @ np.swapaxes(v, -1, -2)
+
+
+def frechet_from_moments_batched(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> np.ndarray:
+    """FD for stacks of moments: mu [B, d], cov [B, d, d] -> [B] (as eval.frechet, batched eigendecompositions)."""
+    root = _sqrtm_psd(cov2)
+    inner = root @ cov1 @ root
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + np.swapaxes(inner, -1, -2)) / 2), 0.0, None)).sum(-1)
+    diff = mu1 - mu2
+    return (diff * diff).sum(-1) + np.trace(cov1, axis1=-2, axis2=-1) + np.trace(cov2, axis1=-2, axis2=-1) - 2.0 * cross
+
+
+def frechet_weighted_samples(x: np.ndarray, y: np.ndarray, counts: np.ndarray, chunk: int = 25) -> np.ndarray:
+    """FD between x [n, d] and y [n, d] (paired samples: both drawn `counts` [B, n] times) for each of B multisets,
+    in the samples' space (an n x n SVD per multiset, exact for n < d): the clip-level FD under the bootstrap."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    out = []
+    for c in np.split(counts, range(chunk, len(counts), chunk)):
+        n = c.sum(1, keepdims=True)  # [b, 1]
+        mx, my = (c @ x) / n, (c @ y) / n  # [b, d]
+        scale = np.sqrt(c / (n - 1))[..., None]  # [b, n, 1]
+        a, b = scale * (x[None] - mx[:, None]), scale * (y[None] - my[:, None])  # [b, n, d]
+        cross = np.linalg.svd(a @ np.swapaxes(b, 1, 2), compute_uv=False).sum(-1)
+        diff = mx - my
+        out.append((diff * diff).sum(-1) + (a * a).sum((1, 2)) + (b * b).sum((1, 2)) - 2.0 * cross)
+    return np.concatenate(out) if out else np.zeros(0)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from eval.stats import frechet_from_samples
+from eval.stats import frechet_from_moments_batched, frechet_weighted_samples
 from models.metrics import MOVING_CLASSES
 from pipeline import atomic
 
@@ -103,29 +103,46 @@ def per_window_values(row: dict[str, np.ndarray], metric: str) -> np.ndarray | N
     return np.asarray(row[metric], dtype=np.float64).mean(axis=0)
 
 
-def set_statistic(metric: str) -> Callable[[tuple[dict[str, np.ndarray], np.ndarray | None], np.ndarray], float]:
-    """statistic((row arrays, real features), window indices) -> the SET_LEVEL metric over those windows (mean over
-    the row's samples)."""
+def set_statistic(metric: str) -> Callable[[tuple[dict[str, np.ndarray], np.ndarray | None], np.ndarray], np.ndarray]:
+    """statistic((row arrays, real features), counts [B, W]) -> the SET_LEVEL metric of each of B window multisets
+    (window w counted counts[b, w] times), mean over the row's samples: [B]. Vectorised over B for the bootstrap."""
 
-    def miou(data: tuple[dict[str, np.ndarray], Any], idx: np.ndarray, classes: Sequence[int] | None = None) -> float:
-        conf = data[0]["confusion"][:, idx].sum(axis=1)
-        return float(np.mean([miou_from_confusion(c, classes) for c in conf]))
+    def miou(data: tuple[dict[str, np.ndarray], Any], counts: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
+        conf = data[0]["confusion"].astype(np.float64)  # [S, W, K, K]
+        summed = np.einsum("bw,swij->sbij", counts, conf)
+        return np.array([[miou_from_confusion(m, classes) for m in per_sample] for per_sample in summed]).mean(0)
 
-    def fd(data: tuple[dict[str, np.ndarray], np.ndarray | None], idx: np.ndarray, clip: bool = False) -> float:
+    def fd(data: tuple[dict[str, np.ndarray], np.ndarray | None], counts: np.ndarray) -> np.ndarray:
+        # frames: each window's sums (n, sum x, sum x x^T) add, so any multiset of windows is a weighted sum of them
         row, real = data
-        feats, real = row["features"][:, idx], real[idx]
-        if clip:
-            return float(np.mean([frechet_from_samples(f.reshape(len(idx), -1), real.reshape(len(idx), -1)) for f in feats]))
-        d = feats.shape[-1]
-        return float(np.mean([frechet_from_samples(f.reshape(-1, d), real.reshape(-1, d)) for f in feats]))
+        real_mu, real_cov = _moments(real, counts)
+        return np.mean([frechet_from_moments_batched(*_moments(f, counts), real_mu, real_cov) for f in row["features"]], axis=0)
 
-    table: dict[str, Callable[..., float]] = {
+    def fd_clip(data: tuple[dict[str, np.ndarray], np.ndarray | None], counts: np.ndarray) -> np.ndarray:
+        row, real = data
+        n = real.shape[0]
+        return np.mean([frechet_weighted_samples(f.reshape(n, -1), real.reshape(n, -1), counts) for f in row["features"]], axis=0)
+
+    table: dict[str, Callable[..., np.ndarray]] = {
         "miou": miou,
-        "miou_moving": lambda data, idx: miou(data, idx, MOVING_CLASSES),
+        "miou_moving": lambda data, counts: miou(data, counts, MOVING_CLASSES),
         "fd_vfm": fd,
-        "fd_vfm_clip": lambda data, idx: fd(data, idx, clip=True),
+        "fd_vfm_clip": fd_clip,
     }
     return table[metric]
+
+
+def _moments(features: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """features [W, T, D], counts [B, W] -> mean [B, D] and unbiased covariance [B, D, D] of the frames of each
+    multiset of windows."""
+    x = np.asarray(features, dtype=np.float64)
+    frames = x.shape[1]
+    s = x.sum(axis=1)  # [W, D]
+    ss = np.einsum("wtd,wte->wde", x, x)  # [W, D, D]
+    n = counts.sum(1) * frames  # [B]
+    mu = (counts @ s) / n[:, None]
+    cov = (np.einsum("bw,wde->bde", counts, ss) - n[:, None, None] * mu[:, :, None] * mu[:, None, :]) / (n - 1)[:, None, None]
+    return mu, cov
 
 
 def has_metric(row: dict[str, np.ndarray], real: np.ndarray | None, metric: str) -> bool:
@@ -145,4 +162,4 @@ def metric_over_all_windows(row: dict[str, np.ndarray], real: np.ndarray | None,
     if metric in PER_WINDOW:
         return float(np.mean([np.nanmean(v) for v in np.asarray(row[metric], dtype=np.float64)]))
     n = row["confusion"].shape[1] if metric.startswith("miou") else row["features"].shape[1]
-    return set_statistic(metric)((row, real), np.arange(n))
+    return float(set_statistic(metric)((row, real), np.ones((1, n)))[0])

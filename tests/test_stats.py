@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from eval.stats import (
+    frechet_from_moments_batched,
     frechet_from_samples,
+    frechet_weighted_samples,
     holm,
     mean_contrast,
     min_detectable,
@@ -141,8 +143,8 @@ def test_set_contrast_of_a_mean_matches_the_per_window_contrast():
     rng = np.random.default_rng(6)
     a, b = _rows(rng, 3, 24, 0.3, effect=0.5)
     per_window = paired_contrast(a, b)
-    as_set = set_contrast([[x, y] for x, y in zip(a, b)], [1.0, -1.0], lambda v, idx: float(v[idx].mean()), [24] * 3,
-                          n_boot=400)
+    as_set = set_contrast([[x, y] for x, y in zip(a, b)], [1.0, -1.0], lambda v, counts: (counts @ v) / counts.sum(1),
+                          [24] * 3, n_boot=400)
     assert as_set["difference"] == pytest.approx(per_window["difference"])
     assert as_set["se_seeds"] == pytest.approx(per_window["se_seeds"])
     assert as_set["se_bootstrap"] == pytest.approx(per_window["se_bootstrap"], rel=0.2)
@@ -157,3 +159,17 @@ def test_frechet_from_samples_matches_the_moment_formula_also_below_full_rank():
         ref = frechet_distance_from_moments(x.mean(0), np.cov(x.T), y.mean(0), np.cov(y.T))
         assert frechet_from_samples(x, y) == pytest.approx(ref, rel=1e-6, abs=1e-8)
     assert frechet_from_samples(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_batched_frechet_of_a_window_multiset_equals_the_fd_of_the_duplicated_samples():
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(12, 30)), rng.normal(size=(12, 30)) + 0.2  # 12 clips, 30-d: below full rank
+    draws = rng.integers(0, 12, size=(5, 12))
+    counts = np.stack([np.bincount(d, minlength=12) for d in draws]).astype(float)
+    expected = [frechet_from_samples(x[d], y[d]) for d in draws]
+    assert frechet_weighted_samples(x, y, counts, chunk=2) == pytest.approx(expected, rel=1e-8)
+    xs, ys = rng.normal(size=(3, 50, 4)), rng.normal(size=(3, 50, 4))
+    mom = [(v.mean(0), np.cov(v.T)) for v in xs], [(v.mean(0), np.cov(v.T)) for v in ys]
+    batched = frechet_from_moments_batched(np.stack([m for m, _ in mom[0]]), np.stack([c for _, c in mom[0]]),
+                                           np.stack([m for m, _ in mom[1]]), np.stack([c for _, c in mom[1]]))
+    assert batched == pytest.approx([frechet_from_samples(a, b) for a, b in zip(xs, ys)], rel=1e-8)
