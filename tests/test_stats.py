@@ -173,3 +173,24 @@ def test_batched_frechet_of_a_window_multiset_equals_the_fd_of_the_duplicated_sa
     batched = frechet_from_moments_batched(np.stack([m for m, _ in mom[0]]), np.stack([c for _, c in mom[0]]),
                                            np.stack([m for m, _ in mom[1]]), np.stack([c for _, c in mom[1]]))
     assert batched == pytest.approx([frechet_from_samples(a, b) for a, b in zip(xs, ys)], rel=1e-8)
+
+
+def test_calibration_of_the_set_level_fd_contrast_under_the_null():
+    """Two rows' frame features from one distribution (each row with its own seed shift), real frames from another:
+    the FD-VFM contrast (set-level, recomputed per bootstrap multiset) must stay valid (at most alpha + 3 points)."""
+    from eval.windows import set_statistic
+
+    windows, frames, dim, reps = 16, 4, 8, 120
+    stat = set_statistic("fd_vfm")
+    rng = np.random.default_rng(10)
+    hits = 0
+    for _ in range(reps):
+        data = []
+        for _ in range(3):
+            real = rng.normal(0, 1, (windows, frames, dim))
+            common = rng.normal(0, 1, (windows, frames, dim))
+            rows = [{"features": (0.7 * common + 0.7 * rng.normal(0, 1, common.shape) + rng.normal(0, 0.3, dim) + 0.5)[None]}
+                    for _ in range(2)]
+            data.append([(r, real) for r in rows])
+        hits += set_contrast(data, [1.0, -1.0], stat, [windows] * 3, higher=False, n_boot=100)["p_value"] < ALPHA
+    assert hits / reps <= ALPHA + 0.03, hits / reps
