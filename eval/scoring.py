@@ -76,15 +76,24 @@ class RowMetrics:
         """Predicted train ids / depth bins [B, H, W] against the labels of the windows that have them;
         `seg_windows` / `depth_windows` name each item's window (cache row) for the per-window record."""
         self.has_semantics = True
+        for items, names in ((segmentation, seg_windows), (depth, depth_windows)):
+            if items is not None and names is not None and len(items) != len(names):
+                raise ValueError(f"RowMetrics.add_semantics: {len(items)} predictions but {len(names)} window names")
+        # With the windows named, each item is scored on its own and merged (the sums add exactly), so the set-level
+        # and the per-window figures come from one pass.
         if segmentation is not None and len(segmentation):
-            self.confusion.update(segmentation.cpu(), seg_labels.cpu())
+            if seg_windows is None:
+                self.confusion.update(segmentation.cpu(), seg_labels.cpu())
             for i, w in enumerate(seg_windows or ()):
                 one = ConfusionMatrix(self.confusion.num_classes, self.confusion.ignore_index)
-                self.window_confusion[int(w)] = one.update(segmentation[i : i + 1].cpu(), seg_labels[i : i + 1].cpu()).matrix.numpy()
+                self.confusion.merge(one.update(segmentation[i : i + 1].cpu(), seg_labels[i : i + 1].cpu()))
+                self.window_confusion[int(w)] = one.matrix.numpy()
         if depth is not None and len(depth):
-            self.depth.update(depth.cpu(), depth_labels.cpu())
+            if depth_windows is None:
+                self.depth.update(depth.cpu(), depth_labels.cpu())
             for i, w in enumerate(depth_windows or ()):
                 one = DepthMetrics(self.depth.reduction, self.depth.min_pred).update(depth[i : i + 1].cpu(), depth_labels[i : i + 1].cpu())
+                self.depth.merge(one)
                 if one.images:
                     self.window_depth[int(w)] = one.compute()
 
