@@ -35,8 +35,9 @@ in the manifest are read again (pipeline.decode, resized exactly as the cache di
 FID/FVD weights: `eval.fid_weights` / `eval.fvd_weights`; without them evaluation stops and says how to get them,
 unless `allow_random_metric_weights` (the numbers are then meaningless and the report says so loudly).
 
-Outputs in `out`: metrics.json (everything, machine-readable), report.md (eval/report.py), plots/ (metric vs step,
-PNG) and qualitative/ (frame grids of the first windows).
+Outputs in `out`: metrics.json (everything, machine-readable), windows.npz (every row's metrics split by window, in
+one window order, for paired comparisons: eval/windows.py), report.md (eval/report.py), plots/ (metric vs step, PNG)
+and qualitative/ (frame grids of the first windows).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from eval.scoring import (
     METRICS,
     PIXEL_METRICS,  # noqa: F401  (part of this module's public vocabulary)
     SEMANTIC_METRICS,  # noqa: F401
+    WINDOW_FEATURE_MAX_DIM,
     MetricNets,
     RowMetrics,
     add_note,
@@ -71,6 +73,8 @@ from eval.scoring import (
     summarize,
 )
 from eval.visualize import GridCollector
+from eval.windows import FILENAME as WINDOWS_FILE
+from eval.windows import write_windows
 from models.samplers import sampling_settings
 from models.stage2 import build_stage2_model
 from pipeline import atomic
@@ -109,6 +113,7 @@ class RealStats:
 
     fid: FeatureStats
     fvd: FeatureStats
+    window_features: dict[int, Any] = field(default_factory=dict)  # cache row -> [T, D] real frame features (windows.npz)
 
 
 # ------------------------------------------------------------------------------------------------ the steps
@@ -148,11 +153,15 @@ def score_reference_rows(p: EvalProtocol, oracle: bool, bar: Any, task: Any, gri
         labelled["depth"] += int(batch.depth_valid.sum())
         real_future = batch.truth[:, :, m:]
         if nets.fid is not None:
-            real.fid.update(nets.fid(real_future.permute(0, 2, 1, 3, 4).reshape(-1, 3, p.height, p.width)))
+            feats = nets.fid(real_future.permute(0, 2, 1, 3, 4).reshape(-1, 3, p.height, p.width))
+            real.fid.update(feats)
+            if fid_dim <= WINDOW_FEATURE_MAX_DIM:
+                per = feats.detach().to("cpu", torch.float64).numpy().reshape(len(batch.rows), p.predicted_frames, -1)
+                real.window_features.update({int(r): per[i] for i, r in enumerate(batch.rows)})
         if p.fvd_clips:
             real.fvd.update(nets.fvd(real_future))
         copy = batch.truth[:, :, m - 1 : m].expand(-1, -1, p.predicted_frames, -1, -1)
-        rows[COPY_ROW].add_frames(copy, real_future, nets, p.fvd_clips)
+        rows[COPY_ROW].add_frames(copy, real_future, nets, p.fvd_clips, windows=batch.rows)
         p.score_features(rows[COPY_ROW], batch, batch.features[:, ctx - 1])
         # The codecs are causal in time (WAN's CausalConv3d, the linear and pixel codecs' blocks), so frame M-1 of the
         # whole window's reconstruction is the reconstruction of the context alone: one decode serves both rows.
@@ -260,9 +269,22 @@ def provenance(p: EvalProtocol, jobs: list[Stage2Job]) -> dict[str, Any]:
     }
 
 
-def write_outputs(results: dict[str, Any], p: EvalProtocol, grids: GridCollector, out_dir: Path) -> None:
-    """plots/ (metric vs step), qualitative/ (frame grids), metrics.json and report.md; records the paths in
-    results["files"]."""
+def window_rows(reference: dict[str, RowMetrics], jobs: list[Stage2Job], all_checkpoints: bool) -> dict[str, list[RowMetrics]]:
+    """windows.npz's rows: every reference row, every main Stage 2 row, and with `all_checkpoints` every checkpoint
+    as '<run> @ <step>'."""
+    rows: dict[str, list[RowMetrics]] = {name: [scores] for name, scores in reference.items()}
+    for job in jobs:
+        if job.main:
+            rows[job.run] = job.scores
+        if all_checkpoints:
+            rows[f"{job.run} @ {job.step}"] = job.scores
+    return rows
+
+
+def write_outputs(results: dict[str, Any], p: EvalProtocol, grids: GridCollector, out_dir: Path,
+                  windows: tuple[dict[str, list[RowMetrics]], RealStats] | None = None) -> None:
+    """plots/ (metric vs step), qualitative/ (frame grids), windows.npz (eval/windows.py), metrics.json and
+    report.md; records the paths in results["files"]."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     steps = results["steps"]
@@ -277,6 +299,10 @@ def write_outputs(results: dict[str, Any], p: EvalProtocol, grids: GridCollector
     written = grids.write(out_dir / "qualitative", names)
     if written:
         files["qualitative"] = str(written[0].parent)
+    if windows is not None:
+        rows, real = windows
+        write_windows(out_dir / WINDOWS_FILE, [int(r) for r in p.rows], rows, p.num_classes, real.window_features)
+        files["windows"] = str(out_dir / WINDOWS_FILE)
     results["files"] = {**files, "metrics": str(out_dir / "metrics.json"), "report": str(out_dir / "report.md")}
     atomic.write_json(out_dir / "metrics.json", results)
     write_report(results, out_dir)
@@ -404,7 +430,7 @@ def evaluate(
 
     # 5. write
     out_dir = Path(out)
-    write_outputs(results, p, collector, out_dir)
+    write_outputs(results, p, collector, out_dir, (window_rows(reference, jobs, all_checkpoints), real))
     random_parts = results["provenance"]["random_parts"]
     if random_parts:
         warn_loud(f"evaluated with RANDOM weights in {', '.join(random_parts)}: these numbers are meaningless (see report.md)")

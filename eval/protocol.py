@@ -162,7 +162,9 @@ class EvalProtocol:
             dep = predict_labels(self.heads["depth"][0], "depth", self.pca_on_device, coefficients, size)
             seg_labels, depth_labels = torch.stack(batch.seg_labels), torch.stack(batch.depth_labels)
             scores.add_semantics(seg[batch.seg_valid], seg_labels[batch.seg_valid],
-                                 dep[batch.depth_valid], depth_labels[batch.depth_valid])
+                                 dep[batch.depth_valid], depth_labels[batch.depth_valid],
+                                 seg_windows=[r for r, v in zip(batch.rows, batch.seg_valid.tolist()) if v],
+                                 depth_windows=[r for r, v in zip(batch.rows, batch.depth_valid.tolist()) if v])
             return
         # Native labels: one window at a time, so at most one full-size logit chunk exists (models.dpt.upsampled_argmax).
         scores.add_semantics(None, None, None, None)
@@ -175,14 +177,14 @@ class EvalProtocol:
                 predicted = predict_labels(self.heads[task][0], task, self.pca_on_device, coefficients[i : i + 1],
                                            tuple(label.shape))
                 if task == "segmentation":
-                    scores.add_semantics(predicted, label[None], None, None)
+                    scores.add_semantics(predicted, label[None], None, None, seg_windows=[batch.rows[i]])
                 else:
-                    scores.add_semantics(None, None, predicted, label[None])
+                    scores.add_semantics(None, None, predicted, label[None], depth_windows=[batch.rows[i]])
 
     def score_pixels(self, scores: RowMetrics, batch: EvalBatch, future: torch.Tensor) -> None:
         """Generated uint8 future [B, 3, T, H, W]: pixel metrics, then VFM + PCA + heads on its annotated frame."""
         m = self.context_frames
-        scores.add_frames(future, batch.truth[:, :, m:], self.nets, self.fvd_clips)
+        scores.add_frames(future, batch.truth[:, :, m:], self.nets, self.fvd_clips, windows=batch.rows)
         frame = future[:, :, self.annotated - m].float() / 255.0
         self.score_features(scores, batch, self.pca_on_device.project_maps(self.vfm(frame)).float())
 

@@ -9,7 +9,9 @@ Steps (each resumes on its own, so a killed run continues and a finished one is 
   4. per seed, `evaluate` on every val window with `seed = seed`, so within a seed every row gets the same noise
      (common random numbers): Table 1/3/4 rows, Figure 3 (every checkpoint of Re2Pix and Baseline), Table 5
      (components), appendix 6.2 (guidance). Each evaluation folder gets done.json with its request;
-  5. eval/claims.py aggregates the seeds and applies HOLDS_RULE; reproduce.json and report.md are written.
+  5. eval/claims.py aggregates the seeds and judges every claim with paired, seed-nested comparisons on the
+     windows each evaluation wrote (windows.npz), Holm-corrected per claim (DECISION_RULE); an evaluation folder
+     without windows.npz (an older version) is evaluated again; reproduce.json and report.md are written.
 
 The distribution metric is `fd_vfm`: the Fréchet distance between the VFM's PCA features (spatially averaged,
 C-dimensional) of every generated future frame and of the real frame at the same position. It is NOT FID: it is
@@ -49,6 +51,7 @@ from eval.variants import (
     slug,
     variant_config,
 )
+from eval.windows import FILENAME as WINDOWS_FILE
 from pipeline import atomic
 from pipeline.console import console, summary, warn_loud
 
@@ -208,7 +211,9 @@ def evaluate_once(cfg: Config, request: dict[str, Any], folder: str, fd_vfm: boo
     from eval.evaluate import evaluate
 
     marker = Path(folder) / "done.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("request") == request and (Path(folder) / "metrics.json").is_file():
+    # reused only with its windows.npz: an evaluation from before it existed is redone (its rows could not be paired)
+    if (marker.is_file() and json.loads(marker.read_text()).get("request") == request
+            and (Path(folder) / "metrics.json").is_file() and (Path(folder) / WINDOWS_FILE).is_file()):
         return json.loads((Path(folder) / "metrics.json").read_text()), False
     nets = None
     if fd_vfm:
@@ -270,6 +275,34 @@ def _seed_rows(cfg: Config, variants: list[str], seed_evals: dict[str, dict[str,
             m = row.get("metrics") or {}
             rows.setdefault(name, {}).update(fid=(m.get("fid") or {}).get("mean"), fvd=(m.get("fvd") or {}).get("mean"))
     return rows, curves
+
+
+def _seed_windows(cfg: Config, variants: list[str], folders: dict[str, Path], sweeps: bool) -> dict[str, Any]:
+    """One seed's windows.npz files -> {"rows": {study row name: arrays}, "real_features", "windows"}, every
+    evaluation checked to have scored the same windows in the same order (else its rows could not be paired)."""
+    from eval.windows import read_windows
+
+    names: dict[str, dict[str, str]] = {"figure3": {}, "variants": {v: v for v in variants}}
+    if sweeps:
+        names.update({f"components_{c}": {RE2PIX: f"Re2Pix, C = {c}"} for c in components_levels(cfg)})
+        names.update({f"guidance_w{w}_c{c}": {RE2PIX: f"Re2Pix, guidance w = {w}, c = {c}"} for w, c in guidance_settings(cfg)})
+    out: dict[str, Any] = {"rows": {}, "real_features": None, "windows": None}
+    for name, rename in names.items():
+        if name not in folders:
+            continue
+        path = folders[name] / WINDOWS_FILE
+        data = read_windows(path)
+        if out["windows"] is None:
+            out["windows"], out["real_features"] = data["windows"], data["real_features"]
+        elif not (len(data["windows"]) == len(out["windows"]) and (data["windows"] == out["windows"]).all()):
+            raise ValueError(f"{path}: scored other val windows than {folders['figure3'] / WINDOWS_FILE}; delete "
+                             f"{folders[name]} so that reproduce evaluates it again")
+        for row, arrays in data["rows"].items():
+            if name == "figure3":
+                out["rows"][row] = arrays
+            elif row in rename:
+                out["rows"][rename[row]] = arrays
+    return out
 
 
 def run_reproduce(
@@ -375,6 +408,7 @@ def run_reproduce(
     per_seed: list[dict[str, dict[str, float | None]]] = []
     curves: dict[int, dict[str, list[tuple[int, dict[str, float | None]]]]] = {}
     evals: dict[int, dict[str, dict[str, Any]]] = {}
+    windows: dict[int, dict[str, Any]] = {}
     for seed in seed_list:
         seed_evals: dict[str, dict[str, Any]] = {}
         for name in names[seed]:
@@ -387,9 +421,12 @@ def run_reproduce(
         rows, curves[seed] = _seed_rows(cfg, variants, seed_evals, sweeps, real_nets)
         per_seed.append(rows)
         evals[seed] = seed_evals
+        windows[seed] = _seed_windows(cfg, variants, {n: out / "evals" / f"seed{seed}" / n for n in names[seed]}, sweeps)
 
-    # ---- 5. claims
-    results = build_results(cfg, per_seed, curves, runs, evals, variants, steps, seed_list, dataset, str(root), sweeps)
+    # ---- 5. claims: paired, seed-nested, Holm-corrected (eval/claims.py DECISION_RULE)
+    console.rule("[bold]reproduce: paired comparisons")
+    results = _timed(timings, "claims", lambda: build_results(cfg, per_seed, curves, runs, evals, variants, steps, seed_list,
+                                                              dataset, str(root), sweeps, windows))
     results["protocol_tags"] = study_tags(evals[seed_list[0]])
     results["preset"] = describe(chosen)
     if pool_folds:

@@ -1,5 +1,6 @@
 """reproduce.json and report.md for `reproduce`: the paper's tables with deltas to the Baseline, Figure 3 as PNG,
-qualitative grids, the rule `holds` follows, provenance and time."""
+qualitative grids, the decision rule (paired, Holm-corrected) with each comparison's difference, interval, p-values
+and smallest detectable effect, provenance and time."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pipeline import atomic
 SHOWN: dict[str, tuple[str, float, str, bool]] = {
     **{k: COLUMNS[k] for k in ("miou", "miou_moving", "abs_rel", "delta1")},
     "fd_vfm": ("FD-VFM ↓ (not FID)", 1.0, "{:.3f}", False),
+    "fd_vfm_clip": ("FD-VFM-clip ↓ (not FVD)", 1.0, "{:.3f}", False),
     **{k: COLUMNS[k] for k in ("psnr", "ssim", "fid", "fvd")},
 }
 TITLES = {
@@ -43,22 +45,45 @@ def table(rows: dict[str, Any], reference: str | None) -> list[str]:
     return lines
 
 
+def _fmt(x: float | None, scale: float = 1.0, spec: str = "{:+.3g}") -> str:
+    return "n/a" if x is None else spec.format(x * scale)
+
+
 def comparisons(claim: dict[str, Any]) -> list[str]:
-    lines = ["| claim | metric | difference | pooled std | direction seen | holds |", "|---|---|---:|---:|:---:|:---:|"]
+    """One line per test: the paired difference (positive = the paper's direction) with its 95 % interval, p, p after
+    Holm, the smallest effect detectable at 80 % power, the verdict."""
+    lines = ["| comparison | metric | difference (+ = paper's direction) | 95 % CI | interval | p | p (Holm) | "
+             "min detectable (80 %) | n seeds x windows | holds |", "|---|---|---:|---|---|---:|---:|---:|---|:---:|"]
     for c in claim["comparisons"]:
         scale = SHOWN.get(c["metric"], ("", 1.0))[1]
-        diff = "n/a" if c["difference"] is None else f"{c['difference'] * scale:+.3g}"
-        pooled = "n/a" if c["pooled_std"] is None else f"{c['pooled_std'] * scale:.3g}"
+        what = (f"{c['row']} better than {c['reference']}" if "row" in c else
+                "trend over " + ", ".join(c["rows"]) + " (more components better)")
+        ci = "n/a" if not c.get("ci95") else f"[{_fmt(c['ci95'][0], scale)}, {_fmt(c['ci95'][1], scale)}]"
         holds = {True: "yes", False: "no", None: "n/a"}[c["holds"]]
-        lines.append(f"| {c['row']} better than {c['reference']} | {c['metric']} ({c['better']} is better) | {diff} | "
-                     f"{pooled} | {'yes' if c['direction_seen'] else 'no'} | {holds} |")
+        interval = c.get("interval", "n/a") + ("" if c.get("window_bootstrap", True) else " (no per-window data)")
+        lines.append(f"| {what} | {c['metric']} ({c['better']} is better) | {_fmt(c['difference'], scale)} | {ci} | "
+                     f"{interval} | {_fmt(c.get('p_value'), 1, '{:.3g}')} | {_fmt(c.get('p_holm'), 1, '{:.3g}')} | "
+                     f"{_fmt(c.get('min_detectable'), scale, '{:.3g}')} | {c['n_seeds']} x {c.get('n_windows') or 'n/a'} | {holds} |")
     return lines
 
 
 def _verdict(claim: dict[str, Any]) -> str:
-    holds = {True: "**holds**", False: "**does not hold**", None: "**not judged** (fewer than 2 seeds)"}[claim["holds"]]
-    return (f"{holds} ({claim['rule']}; {claim['held']} of {claim['judged']} judged comparisons hold; paper's direction "
-            f"seen in {claim['direction_seen']} of {claim['compared']})")
+    holds = {True: "**holds**", False: "**does not hold**",
+             None: "**not judged** (fewer than 2 seeds: the training noise is unmeasured)"}[claim["holds"]]
+    return (f"{holds} ({claim['rule']}, alpha {claim['alpha']}, {claim['correction']} over {claim['compared']} "
+            f"comparisons; {claim['held']} of {claim['judged']} judged comparisons hold; paper's direction seen in "
+            f"{claim['direction_seen']} of {claim['compared']}; decided on {', '.join(claim['decisive_metrics']) or 'nothing'})")
+
+
+def _detectable(claim: dict[str, Any]) -> str:
+    """The smallest effect per decisive metric this study could detect at 80 % power (the median over the claim's
+    comparisons on that metric), in the table's units."""
+    parts = []
+    for metric in claim["decisive_metrics"]:
+        values = sorted(c["min_detectable"] for c in claim["comparisons"] if c["metric"] == metric and c.get("min_detectable") is not None)
+        if values:
+            parts.append(f"{metric} {values[len(values) // 2] * SHOWN.get(metric, ('', 1.0))[1]:.3g}")
+    return "; ".join(parts) or "n/a"
 
 
 def plots(results: dict[str, Any], out: Path) -> dict[str, str]:
@@ -108,14 +133,18 @@ def render(results: dict[str, Any], files: dict[str, Any]) -> str:
                   "absolute numbers mean nothing outside this study"
                   + ("; FID / FVD from random networks are meaningless" if {"FID Inception", "FVD I3D"} & set(random_parts) else "")
                   + ".", ""]
-    lines += ["## The rule", "", results["rule"], "", f"**FD-VFM**: {results['fd_vfm']}", "",
-              f"**Shared parts**: {results['shared']}.", "", "## Summary", "", "| claim | paper | verdict |", "|---|---|---|"]
-    lines += [f"| {TITLES.get(k, k)} | {c['paper']} | {_verdict(c)} |" for k, c in claims.items()]
+    lines += ["## The rule", "", results["rule"], "", f"Correction: {results.get('correction', 'holm')} "
+              f"(Holm-Bonferroni over the comparisons of each claim), alpha {results.get('alpha')}.", "",
+              f"**FD-VFM**: {results['fd_vfm']}", "", f"**FD-VFM-clip**: {results.get('fd_vfm_clip', 'n/a')}", "",
+              f"**Shared parts**: {results['shared']}.", "", "## Summary", "",
+              "| claim | paper | verdict | smallest effect detectable at 80 % power |", "|---|---|---|---|"]
+    lines += [f"| {TITLES.get(k, k)} | {c['paper']} | {_verdict(c)} | {_detectable(c)} |" for k, c in claims.items()]
     lines.append("")
     refs = {"table1": "Baseline", "nested_dropout": "Re2Pix, nested dropout off", "mixed_supervision": "Re2Pix",
             "components": "Re2Pix", "guidance": "Re2Pix"}
     for key, claim in claims.items():
-        lines += [f"## {TITLES.get(key, key)}", "", claim["paper"] + ".", "", _verdict(claim), ""]
+        lines += [f"## {TITLES.get(key, key)}", "", claim["paper"] + ".", "", _verdict(claim), "",
+                  f"Smallest effect this study could detect at 80 % power (Holm's strictest level): {_detectable(claim)}.", ""]
         if key == "convergence":
             lines += table(claim["rows"], None) + [""]
             for metric, per_seed in claim["speedup"].items():

@@ -23,6 +23,9 @@ SEMANTIC_METRICS = ("miou", "miou_moving", "abs_rel", "delta1")
 PIXEL_METRICS = ("fid", "fvd", "psnr", "ssim")
 EXTRA_DEPTH_METRICS = ("sq_rel", "rmse", "rmse_log", "delta2", "delta3")
 SSIM_BORDER = "reflect"
+# Per-window frame features are kept for windows.npz (paired bootstrap of the Fréchet distances) only up to this
+# dimension: the VFM's PCA features (fd_vfm) yes, a 2048-d Inception (real FID) no (judged on the seeds alone).
+WINDOW_FEATURE_MAX_DIM = 256
 
 
 # ------------------------------------------------------------------------------------------ metric nets
@@ -60,30 +63,64 @@ class RowMetrics:
         self.fvd = FeatureStats(fvd_dim) if fvd_dim else None
         self.psnr_sum, self.ssim_sum, self.frames = 0.0, 0.0, 0
         self.has_semantics = self.has_pixels = False
+        # per window (keyed by cache row) for windows.npz: the same sums, split by window
+        self.window_psnr: dict[int, float] = {}
+        self.window_ssim: dict[int, float] = {}
+        self.window_features: dict[int, np.ndarray] = {}  # [T, D] frame features of the FID net (small D only)
+        self.window_confusion: dict[int, np.ndarray] = {}  # [K, K]
+        self.window_depth: dict[int, dict[str, float]] = {}  # per-image depth metrics (the 'per_image' reduction)
 
     def add_semantics(self, segmentation: torch.Tensor | None, seg_labels: torch.Tensor | None,
-                      depth: torch.Tensor | None, depth_labels: torch.Tensor | None) -> None:
-        """Predicted train ids / depth bins [B, H, W] against the labels of the windows that have them."""
+                      depth: torch.Tensor | None, depth_labels: torch.Tensor | None,
+                      seg_windows: Sequence[int] | None = None, depth_windows: Sequence[int] | None = None) -> None:
+        """Predicted train ids / depth bins [B, H, W] against the labels of the windows that have them;
+        `seg_windows` / `depth_windows` name each item's window (cache row) for the per-window record."""
         self.has_semantics = True
+        for items, names in ((segmentation, seg_windows), (depth, depth_windows)):
+            if items is not None and names is not None and len(items) != len(names):
+                raise ValueError(f"RowMetrics.add_semantics: {len(items)} predictions but {len(names)} window names")
+        # With the windows named, each item is scored on its own and merged (the sums add exactly), so the set-level
+        # and the per-window figures come from one pass.
         if segmentation is not None and len(segmentation):
-            self.confusion.update(segmentation.cpu(), seg_labels.cpu())
+            if seg_windows is None:
+                self.confusion.update(segmentation.cpu(), seg_labels.cpu())
+            for i, w in enumerate(seg_windows or ()):
+                one = ConfusionMatrix(self.confusion.num_classes, self.confusion.ignore_index)
+                self.confusion.merge(one.update(segmentation[i : i + 1].cpu(), seg_labels[i : i + 1].cpu()))
+                self.window_confusion[int(w)] = one.matrix.numpy()
         if depth is not None and len(depth):
-            self.depth.update(depth.cpu(), depth_labels.cpu())
+            if depth_windows is None:
+                self.depth.update(depth.cpu(), depth_labels.cpu())
+            for i, w in enumerate(depth_windows or ()):
+                one = DepthMetrics(self.depth.reduction, self.depth.min_pred).update(depth[i : i + 1].cpu(), depth_labels[i : i + 1].cpu())
+                self.depth.merge(one)
+                if one.images:
+                    self.window_depth[int(w)] = one.compute()
 
-    def add_frames(self, predicted: torch.Tensor, real: torch.Tensor, nets: MetricNets, fvd_clips: bool) -> None:
-        """uint8 clips [B, 3, T, H, W] of predicted and real future frames."""
+    def add_frames(self, predicted: torch.Tensor, real: torch.Tensor, nets: MetricNets, fvd_clips: bool,
+                   windows: Sequence[int] | None = None) -> None:
+        """uint8 clips [B, 3, T, H, W] of predicted and real future frames; `windows`: their cache rows."""
         self.has_pixels = True
         b, _, t, h, w = predicted.shape
         frames = predicted.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
         truth = real.permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
         if nets.fid is not None:
-            self.fid.update(nets.fid(frames))
+            feats = nets.fid(frames)
+            self.fid.update(feats)
+            if windows is not None and self.fid.dim <= WINDOW_FEATURE_MAX_DIM:
+                per = feats.detach().to("cpu", torch.float64).numpy().reshape(b, t, -1)
+                self.window_features.update({int(win): per[i] for i, win in enumerate(windows)})
         if fvd_clips and nets.fvd is not None:
             self.fvd.update(nets.fvd(predicted))
         x, y = frames.double() / 255.0, truth.double() / 255.0
-        self.psnr_sum += float(psnr(x, y, data_range=1.0).sum())
-        self.ssim_sum += float(ssim(x, y, data_range=1.0, border=SSIM_BORDER).sum())
+        p_frames = psnr(x, y, data_range=1.0)
+        s_frames = ssim(x, y, data_range=1.0, border=SSIM_BORDER)
+        self.psnr_sum += float(p_frames.sum())
+        self.ssim_sum += float(s_frames.sum())
         self.frames += b * t
+        for i, win in enumerate(windows or ()):
+            self.window_psnr[int(win)] = float(p_frames.reshape(b, t)[i].mean())
+            self.window_ssim[int(win)] = float(s_frames.reshape(b, t)[i].mean())
 
     def compute(self, real_fid: FeatureStats, real_fvd: FeatureStats, notes: list[str]) -> dict[str, float | None]:
         out: dict[str, float | None] = dict.fromkeys(METRICS)

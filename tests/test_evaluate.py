@@ -299,3 +299,39 @@ def test_native_labels_score_like_window_labels_when_the_source_is_window_sized(
     for row in (COPY_ROW, STAGE1_ROW, ORACLE_ROW):
         for metric in SEMANTIC_METRICS:
             assert results["native"]["rows"][row]["metrics"][metric] == results["window"]["rows"][row]["metrics"][metric]
+    # and the per-window record (windows.npz) is the same in both modes
+    from eval.windows import read_windows
+
+    native, window = read_windows(tmp_path / "native" / "windows.npz"), read_windows(tmp_path / "window" / "windows.npz")
+    for row in (COPY_ROW, STAGE1_ROW, ORACLE_ROW):
+        np.testing.assert_array_equal(native["rows"][row]["confusion"], window["rows"][row]["confusion"])
+        np.testing.assert_array_equal(native["rows"][row]["abs_rel"], window["rows"][row]["abs_rel"])
+
+
+def test_windows_npz_recomputes_every_metric_of_metrics_json(evaluation):
+    """windows.npz splits every row by window, in one order for every row; every metric recomputed from it over all
+    windows is metrics.json's value (psnr / ssim / depth: the mean of per-window values; mIoU: from the summed
+    confusion matrices; the 'fid' column: the Fréchet distance of the stored frame features)."""
+    from eval.windows import metric_over_all_windows, read_windows
+
+    out, results, _ = evaluation
+    data = read_windows(out / "windows.npz")
+    assert [int(w) for w in data["windows"]] == [int(r) for r in CacheReader(results["protocol"]["cache"]).samples("val")]
+    assert data["real_features"].shape == (2, 12, TinyFID.dim)
+    expected = {**{name: row["metrics"] for name, row in results["rows"].items()},
+                **{f"{run} @ {e['step']}": e["metrics"] for run, entries in results["steps"].items() for e in entries}}
+    assert set(data["rows"]) == set(expected)
+    checked = 0
+    for name, metrics in expected.items():
+        arrays = data["rows"][name]
+        for metric, key in (("psnr", "psnr"), ("ssim", "ssim"), ("abs_rel", "abs_rel"), ("delta1", "delta1"),
+                            ("miou", "miou"), ("miou_moving", "miou_moving"), ("fid", "fd_vfm")):
+            want = metrics.get(metric, {}).get("mean")
+            got = metric_over_all_windows(arrays, data["real_features"], key)
+            if want is None:
+                assert got is None or not math.isfinite(got), (name, metric)
+                continue
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-6), (name, metric)
+            checked += 1
+    assert checked >= 40
+    assert data["rows"]["Re2Pix"]["psnr"].shape == (2, 2)  # 2 samples x 2 windows

@@ -47,13 +47,20 @@ def test_reduced_reproduce_writes_the_files_and_resumes(tmp_path):
     t1 = results["claims"]["table1"]
     assert {RE2PIX, BASELINE, "Copy last frame"} <= set(t1["rows"])
     assert t1["rows"][RE2PIX]["psnr"]["values"] and t1["rows"][RE2PIX]["fd_vfm"]["n"] == 1
-    assert t1["holds"] is None and all(c["holds"] is None for c in t1["comparisons"])  # one seed: no spread
+    assert t1["holds"] is None and all(c["holds"] is None for c in t1["comparisons"])  # one seed: no verdict
+    assert t1["correction"] == "holm" and t1["decisive_metrics"] and not {"psnr", "ssim"} & set(t1["decisive_metrics"])
+    for c in t1["comparisons"]:  # paired on the evaluation's windows, with its interval and p-values
+        assert c["paired"] is True and c["n_windows"] == 2 and c["n_seeds"] == 1 and c["p_holm"] is not None
+    assert t1["rows"][RE2PIX]["fd_vfm_clip"]["n"] == 1
+    assert results["claims"]["components"]["comparisons"][0]["test"] == "trend"
+    assert (tmp_path / "evals" / "seed0" / "figure3" / "windows.npz").is_file()
     assert results["claims"]["convergence"]["steps"] == [1, 2]
     assert "Re2Pix, C = 8" in results["claims"]["components"]["rows"]
     assert results["estimate"]["total_seconds"] > 0 and results["estimate"]["stage2_seconds_per_step"][BASELINE] > 0
     assert results["params"][RE2PIX] > 0 and results["params"][BASELINE] > 0
     report = (tmp_path / "report.md").read_text()
-    for text in ("The rule", "pooled std", "NOT FID", "Table 1", "Figure 3", "Provenance", "## Time", "Estimated time", "Only 2 val windows"):
+    for text in ("The rule", "Holm", "min detectable", "NOT FID", "NOT FVD", "Table 1", "Figure 3", "Provenance", "## Time",
+                 "Estimated time", "Only 2 val windows", "Protocol tags: `eval", "smallest effect detectable at 80 % power"):
         assert text in report, text
     assert (tmp_path / "plots" / "psnr_vs_step.png").is_file()
     assert (tmp_path / "qualitative" / "figure3.png").is_file()
