@@ -473,6 +473,7 @@ def bench_dit(
     device: str = DeviceOpt,
     dtype: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16."),
     checkpointing: bool = typer.Option(False, help="Activation checkpointing per block."),
+    compare_checkpointing: bool = typer.Option(True, "--compare-checkpointing/--no-compare-checkpointing", help="Also run ours with the other checkpointing setting: saved-activation ratio and step-time cost."),
 ) -> None:
     """Forward+backward time, peak memory and tokens/s: our DiT vs diffusers' CosmosTransformer3DModel at equal size.
 
@@ -483,7 +484,7 @@ def bench_dit(
 
     run(width=width, depth=depth, heads=heads, frames=frames, height=height, width_tokens=width_tokens, device=device, steps=steps,
         batch=batch_size, latent_channels=latent_channels, feature_channels=feature_channels, adaln_lora_dim=adaln_lora_dim, dtype=dtype,
-        checkpointing=checkpointing)
+        checkpointing=checkpointing, compare_checkpointing=compare_checkpointing)
 
 
 @bench_app.command("loader")

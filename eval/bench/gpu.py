@@ -61,7 +61,7 @@ def _dit(cfg: Config, size: str, device: str, steps: int) -> dict[str, Any]:
                   latent_channels=cfg.codec.channels, feature_channels=cfg.pca.components,
                   dtype="bfloat16" if device == "cuda" else "float32",  # CPU bf16 is emulated, ~2x slower; tests/test_*_train cover it
                   checkpointing=cfg.stage2.train.activation_checkpointing)
-    ours, theirs = r["models"].values()
+    ours, theirs = r["models"]["ours (VideoDiT)"], r["models"]["diffusers Cosmos"]
     return {"dtype": r["dtype"], "tokens": r["tokens"], "ours_step_s": ours["step_s"], "ours_peak_mib": ours["peak_mib"],
             "ours_params_m": ours["params_m"], "diffusers_step_s": theirs["step_s"], "diffusers_peak_mib": theirs["peak_mib"],
             "diffusers_params_m": theirs["params_m"], "checkpointing": r["checkpointing"]}
