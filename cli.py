@@ -487,6 +487,23 @@ def bench_dit(
         checkpointing=checkpointing, compare_checkpointing=compare_checkpointing)
 
 
+@bench_app.command("memory")
+@_friendly_errors
+def bench_memory(
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    model: Optional[list[str]] = typer.Option(None, "--model", help="Only this model (repeatable): 'stage 1', 'stage 2' or 'dpt' (default: all three)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write every figure (states, measured points, fits, batches per card) to this JSON file."),
+) -> None:
+    """Per-GPU memory plan at the config's sizes, without a GPU (use --config paper): exact parameter, gradient, Adam
+    and EMA bytes from a meta-device model; activations per sample measured on the CPU at reduced token grids and
+    extrapolated (fit and its error printed), with and without activation checkpointing; the largest per-GPU batch
+    on 24/40/80/141 GB cards for DDP and FSDP over 8 GPUs, and whether the paper's effective batch fits."""
+    from eval.bench.memory import run
+
+    run(_config(config, set_), models=tuple(model or ()), json_out=json_out)
+
+
 @bench_app.command("loader")
 @_friendly_errors
 def bench_loader(
