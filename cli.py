@@ -474,6 +474,7 @@ def bench_dit(
     dtype: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16."),
     checkpointing: bool = typer.Option(False, help="Activation checkpointing per block."),
     compare_checkpointing: bool = typer.Option(True, "--compare-checkpointing/--no-compare-checkpointing", help="Also run ours with the other checkpointing setting: saved-activation ratio and step-time cost."),
+    compile: bool = typer.Option(False, "--compile", help="Also run ours with torch.compile per block (train.compile): compiled vs eager step time (CPU: needs a C++ compiler, minutes to compile)."),
 ) -> None:
     """Forward+backward time, peak memory and tokens/s: our DiT vs diffusers' CosmosTransformer3DModel at equal size.
 
@@ -484,7 +485,7 @@ def bench_dit(
 
     run(width=width, depth=depth, heads=heads, frames=frames, height=height, width_tokens=width_tokens, device=device, steps=steps,
         batch=batch_size, latent_channels=latent_channels, feature_channels=feature_channels, adaln_lora_dim=adaln_lora_dim, dtype=dtype,
-        checkpointing=checkpointing, compare_checkpointing=compare_checkpointing)
+        checkpointing=checkpointing, compare_checkpointing=compare_checkpointing, compile=compile)
 
 
 @bench_app.command("memory")

@@ -145,6 +145,15 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot run here (None when it can): inductor's CPU kernels are C++ built at run time."""
+    import shutil
+
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) and none is on PATH"
+    return None
+
+
 def resolve_mixed_precision(value: str) -> str:
     """`auto` = bf16 on CUDA, fp32 ("no") on CPU; `no`, `bf16`, `fp16` are taken as they are."""
     if value == "auto":
@@ -289,6 +298,14 @@ class _Run:
                 model.activation_checkpointing = True
             else:
                 warn_loud(f"train.activation_checkpointing is on but {type(model).__name__} has no such switch; ignored")
+        if cfg.compile:
+            problem = compile_problem(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            if not hasattr(model, "compile_blocks"):
+                warn_loud(f"train.compile is on but {type(model).__name__} has no transformer blocks to compile; ignored")
+            elif problem:
+                warn_loud(f"train.compile is on but {problem}; training uncompiled")
+            else:
+                model.compile_blocks()
         optimizer = build_optimizer(model, self.cfg_optim, self.effective_batch)
         self.scheduler = build_schedule(optimizer, self.cfg_optim, cfg.steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)

@@ -118,11 +118,14 @@ def build_diffusers_cosmos(cfg: DiTConfig, frames: int, height: int, width: int,
 def run(width: int = 96, depth: int = 2, heads: int = 4, frames: int = 7, height: int = 8, width_tokens: int = 16,
         device: str = "cpu", steps: int = 3, batch: int = 1, latent_channels: int = 16, feature_channels: int = 64,
         adaln_lora_dim: int = 32, patch_size: int = 2, text_dim: int = 1024, dtype: str = "auto",
-        checkpointing: bool = False, seed: int = 0, compare_checkpointing: bool = True) -> dict[str, Any]:
+        checkpointing: bool = False, seed: int = 0, compare_checkpointing: bool = True,
+        compile: bool = False) -> dict[str, Any]:
     """Benchmark both networks on a [batch, latent_channels, frames, height*p, width_tokens*p] latent.
 
     `compare_checkpointing` also runs ours with the other activation-checkpointing setting (same weights) and
     reports `checkpointing_saved_ratio` (bytes saved for backward, on / off) and `checkpointing_time_ratio`.
+    `compile` also runs ours with every block torch.compile'd (train.compile; same weights, same checkpointing) and
+    reports `compile_speedup` (eager / compiled step time) and `compile_s` (the first, compiling, step).
 
     `height` and `width_tokens` are the TOKEN grid (paper: 27 x 48, frames 7, width 2048, depth 14, heads 16,
     latent_channels 16, feature_channels 1152, adaln_lora_dim 256). dtype "auto" = bfloat16 on CUDA, float32 on CPU.
@@ -186,14 +189,27 @@ def run(width: int = 96, depth: int = 2, heads: int = 4, frames: int = 7, height
         on, off = (results["models"][other], results["models"][OURS])[:: 1 if not checkpointing else -1]
         results["checkpointing_saved_ratio"] = on["saved_mib"] / off["saved_mib"]
         results["checkpointing_time_ratio"] = on["step_s"] / off["step_s"]
+    if compile:
+        from train.loop import compile_problem
+
+        problem = compile_problem(dev)
+        if problem:
+            raise RuntimeError(f"bench dit --compile: {problem}")
+        tic = time.perf_counter()
+        ours.compile_blocks()
+        step_ours().backward()  # compiles; `measure` then warms up once more and times
+        results["compile_s"] = time.perf_counter() - tic
+        record(OURS_COMPILED, ours, step_ours)
+        results["compile_speedup"] = results["models"][OURS]["step_s"] / results["models"][OURS_COMPILED]["step_s"]
     record(THEIRS, theirs, step_theirs)
     del theirs
     _print(results, text_dim)
     return results
 
 
-OURS, OURS_CKPT, OURS_NO_CKPT, THEIRS = ("ours (VideoDiT)", "ours + activation checkpointing",
-                                         "ours without activation checkpointing", "diffusers Cosmos")
+OURS, OURS_CKPT, OURS_NO_CKPT, OURS_COMPILED, THEIRS = (
+    "ours (VideoDiT)", "ours + activation checkpointing", "ours without activation checkpointing",
+    "ours compiled (torch.compile per block)", "diffusers Cosmos")
 
 
 def _print(results: dict[str, Any], text_dim: int) -> None:
@@ -218,6 +234,9 @@ def _print(results: dict[str, Any], text_dim: int) -> None:
     if "checkpointing_saved_ratio" in results:
         line += (f"; activation checkpointing keeps {100 * results['checkpointing_saved_ratio']:.1f}% of the saved "
                  f"activations for {results['checkpointing_time_ratio']:.2f}x the step time")
+    if "compile_speedup" in results:
+        line += (f"; compiled {1000 * results['models'][OURS_COMPILED]['step_s']:.1f} ms/step "
+                 f"({results['compile_speedup']:.2f}x eager, {results['compile_s']:.0f} s to compile)")
     summary(line + f", {results['tokens']} tokens on {results['device']}")
 
 
