@@ -127,6 +127,10 @@ class Probe:
         return self.frames * grid[0] * grid[1]
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _stage1_probe(cfg: Config) -> Probe:
     from models.foresight import FeatureForesight
 
@@ -147,7 +151,7 @@ def _stage1_probe(cfg: Config) -> Probe:
 
     def loss(model: nn.Module, batch: int, grid: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
         feats = torch.randn(batch, frames, cfg.pca.components, *grid, generator=gen)
-        return model.loss(feats)
+        return model.loss(feats.to(_device(model)))
 
     return Probe("Stage 1", build, loss, cfg.token_grid, frames, m.depth, cfg.stage1.train.batch_size,
                  cfg.stage1.train.batch_size * FSDP_SHARDS, cfg.stage1.train.ema_decay > 0, True,
@@ -166,9 +170,10 @@ def _stage2_probe(cfg: Config) -> Probe:
         return Stage2Model(dataclasses.replace(spec, dit=dit))
 
     def loss(model: nn.Module, batch: int, grid: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
-        x0 = torch.randn(batch, spec.dit.latent_channels, frames, grid[0] * p, grid[1] * p, generator=gen)
-        mask = (torch.arange(frames) < context).float().expand(batch, frames)
-        feats = torch.randn(batch, spec.dit.feature_channels, frames, *grid, generator=gen)
+        dev = _device(model)
+        x0 = torch.randn(batch, spec.dit.latent_channels, frames, grid[0] * p, grid[1] * p, generator=gen).to(dev)
+        mask = (torch.arange(frames) < context).float().expand(batch, frames).to(dev)
+        feats = torch.randn(batch, spec.dit.feature_channels, frames, *grid, generator=gen).to(dev)
         return model(x0, mask, feats if model.net.uses_features else None, generator=gen)[0]
 
     return Probe("Stage 2", build, loss, cfg.token_grid, frames, spec.dit.depth, cfg.stage2.train.batch_size,
@@ -194,9 +199,10 @@ def _heads_probe(cfg: Config) -> Probe:
         return build_head({**model_cfg, "num_outputs": max(cfg.heads.num_classes, cfg.heads.depth_bins)})
 
     def loss(model: nn.Module, batch: int, grid: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
-        tokens = [torch.randn(batch, embed_dim, *grid, generator=gen) for _ in range(layers)]
+        dev = _device(model)
+        tokens = [torch.randn(batch, embed_dim, *grid, generator=gen).to(dev) for _ in range(layers)]
         labels = torch.randint(0, cfg.heads.num_classes, (batch, grid[0] * scale[0], grid[1] * scale[1]), generator=gen)
-        return segmentation_loss(model(tokens), labels)
+        return segmentation_loss(model(tokens), labels.to(dev))
 
     return Probe("DPT head", build, loss, cfg.token_grid, 1, None, cfg.heads.train.batch_size,
                  cfg.heads.train.batch_size, cfg.heads.train.ema_decay > 0, False, grids=HEAD_GRIDS)
@@ -358,9 +364,11 @@ def _resident(states: States, acts: Activations, strategy: str) -> tuple[float, 
     """(bytes held through the step, the optimizer step's extra temporary) per GPU under `strategy`."""
     if strategy == "ddp":  # every state, DDP's gradient buckets, autocast's bf16 weight copies
         return states.total + states.grad_bytes + acts.constant, 4.0 * states.trainable
+    if strategy == "single":  # one process: as DDP without the buckets (what `bench gpu` measures)
+        return states.total + acts.constant, 4.0 * states.trainable
     if strategy == "fsdp":  # 1/8 of the states, two gathered bf16 blocks and one block's full fp32 gradient
         return states.total / FSDP_SHARDS + states.largest_unit * (2 * 2 + 4), 4.0 * states.trainable / FSDP_SHARDS
-    raise ValueError(f"strategy={strategy!r}: choose ddp or fsdp")
+    raise ValueError(f"strategy={strategy!r}: choose ddp, fsdp or single")
 
 
 def peak_bytes(states: States, acts: Activations, batch: int, strategy: str) -> float:
