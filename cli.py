@@ -153,6 +153,7 @@ def cache(
     allow_random_weights: bool = RandomOpt,
     strict: bool = typer.Option(False, help="Stop at the first bad input instead of recording it in failures.parquet."),
     limit: int = typer.Option(0, help="Cache at most this many windows per split (0: all)."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="WAN codec: diffusers' spatial tiling (256 px tiles every 192): about 4x lower encode/decode peak memory (`bench vae`); the latents differ at the seams, and meta.json records it (codec.tiling)."),
 ) -> None:
     """Decode, run the frozen VFM (+ PCA) and the codec once, and write sharded Zarr arrays with a manifest."""
     from pipeline.console import summary
@@ -161,6 +162,8 @@ def cache(
     extra = {"vfm.weights": vfm_weights, "codec.weights": vae_weights, "codec.name": codec, "pca.checkpoint": pca}
     if allow_pickle:
         extra["pca.allow_pickle"] = True
+    if vae_tiling:
+        extra["codec.tiling"] = True
     cfg = _config(config, set_, extra)
     data_root = root or (Path(cfg.paths.data) if cfg.paths.data else None)
     if data_root is None:
@@ -503,6 +506,16 @@ def bench_memory(
     from eval.bench.memory import run
 
     run(_config(config, set_), models=tuple(model or ()), json_out=json_out)
+
+
+@bench_app.command("vae")
+@_friendly_errors
+def bench_vae() -> None:
+    """WAN2.1 VAE (random weights) encode/decode activation peak at 432x768x25, untiled and tiled (`cache --vae-tiling`):
+    measured on the CPU at reduced sizes and extrapolated (fit and its check error printed). Several minutes on 2 cores."""
+    from eval.bench.vae import run
+
+    run()
 
 
 @bench_app.command("loader")

@@ -149,6 +149,9 @@ class CodecConfig:
     weights: str = ""
     dtype: str = "float32"  # float32 | bfloat16 (GPU)
     overrides: dict[str, Any] = field(default_factory=dict)  # AutoencoderKLWan kwargs (tests: tiny random VAE)
+    # wan: diffusers' spatial tiling (256 px tiles every 192, blended): ~4x lower encode/decode peak memory
+    # (`bench vae`), but the latents differ from untiled ones at the seams; recorded in meta.json when on.
+    tiling: bool = False
 
     @property
     def channels(self) -> int:
