@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
 from torch import nn
 
 from configs.schema import ConfigError, OptimConfig, TrainConfig
@@ -258,6 +259,14 @@ def run_training(
     if cfg_train.keep_last < 0 or cfg_train.keep_every < 0:
         raise ConfigError(f"train.keep_last={cfg_train.keep_last} and train.keep_every={cfg_train.keep_every} must be >= 0")
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg_train.mixed_precision), cpu=not torch.cuda.is_available())
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # The loop reads full state dicts on the main process only and its EMA copies the state dict every step; under
+        # FSDP both are collectives, so the first checkpoint would hang every rank. Refuse until they are sharded.
+        raise ConfigError(
+            "this trainer does not support FSDP yet (its checkpoints and EMA read full state dicts on one process); "
+            "launch with DDP (`accelerate launch --num_processes N ...` without an FSDP config). `python cli.py bench "
+            "memory --config paper` shows which cards DDP fits, with activation checkpointing"
+        )
     # Only the main process holds the lock: the other ranks of the same launch are the same writer.
     lock = (WriterLock(str(Path(out_dir) / RUN_LOCK), f"train {type(task).__name__}", what="training run", error=RunLockedError)
             if accelerator.is_main_process else nullcontext())
