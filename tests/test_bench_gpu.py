@@ -35,3 +35,18 @@ def test_the_stage2_memory_check_says_it_needs_cuda():
     with pytest.raises(RuntimeError, match="needs a CUDA GPU") as info:
         stage2_memory(load_config("paper"))
     assert str(info.value) == NEEDS_CUDA and "bench memory --config paper" in NEEDS_CUDA
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_stage2_memory_step_runs_on_the_cpu_at_tiny_size(checkpointing):
+    """The step the GPU part times (bf16 autocast, Adam, EMA, warm-up) runs as written; only the peak is CUDA's."""
+    import math
+
+    from configs.schema import load_config
+    from eval.bench.gpu import train_steps
+    from eval.bench.memory import probes
+
+    cfg = load_config("tiny", {"stage2.train.ema_decay": 0.99})
+    probe = next(p for p in probes(cfg) if p.name == "Stage 2")
+    peak, step_s = train_steps(cfg, probe, checkpointing, 2, 1, torch.device("cpu"))
+    assert math.isnan(peak) and step_s > 0

@@ -86,13 +86,51 @@ NEEDS_CUDA = ("the Stage 2 memory check measures torch.cuda.max_memory_allocated
               "visible (torch.cuda.is_available() is False). `bench memory --config paper` prints the CPU prediction")
 
 
+def train_steps(cfg: Config, probe: Any, ckpt: bool, batch: int, steps: int, device: torch.device,
+                compiled: bool = False) -> tuple[float, float]:
+    """`steps` Stage 2 training steps (bf16 autocast forward and backward, Adam, EMA) after one warm-up step that
+    allocates gradients and Adam state (and compiles): (peak GiB over the timed steps on CUDA, else nan; median
+    seconds per step)."""
+    from train.ema import EMA
+    from train.optim import build_optimizer
+
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = probe.build(None, probe.grid).train()
+    model.activation_checkpointing = ckpt
+    if compiled:
+        model.compile_blocks()
+    optimizer = build_optimizer(model, cfg.stage2.optim, batch)
+    ema = EMA(model, cfg.stage2.train.ema_decay) if probe.ema else None
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for i in range(steps + 1):
+        if i == 1 and cuda:
+            torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = probe.loss(model, batch, probe.grid, gen)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(model)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - tic)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    timed = sorted(times[1:])
+    return peak, timed[len(timed) // 2]
+
+
 def stage2_memory(cfg: Config, steps: int = 3, batches: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
     """Peak CUDA memory and s/sample of the Stage 2 training step, measured vs predicted (see the module doc)."""
     if not torch.cuda.is_available():
         raise RuntimeError(NEEDS_CUDA)
     from eval.bench import memory
-    from train.ema import EMA
-    from train.optim import build_optimizer
 
     probe = next(p for p in memory.probes(cfg) if p.name == "Stage 2")
     with torch.device("meta"):
@@ -104,36 +142,10 @@ def stage2_memory(cfg: Config, steps: int = 3, batches: tuple[int, ...] = (1, 2)
 
     def one(ckpt: bool, batch: int, compiled: bool = False) -> tuple[float, float]:
         torch.cuda.empty_cache()
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = probe.build(None, probe.grid).train()
-        model.activation_checkpointing = ckpt
-        if compiled:
-            model.compile_blocks()
-        optimizer = build_optimizer(model, cfg.stage2.optim, batch)
-        ema = EMA(model, cfg.stage2.train.ema_decay) if probe.ema else None
-        gen = torch.Generator().manual_seed(0)
-        times = []
         try:
-            for i in range(steps + 1):  # step 0 allocates gradients and Adam state (and compiles)
-                if i == 1:
-                    torch.cuda.reset_peak_memory_stats()
-                torch.cuda.synchronize()
-                tic = time.perf_counter()
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = probe.loss(model, batch, probe.grid, gen)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - tic)
-            return torch.cuda.max_memory_allocated() / 2**30, sorted(times[1:])[len(times[1:]) // 2]
+            return train_steps(cfg, probe, ckpt, batch, steps, torch.device("cuda"), compiled)
         except torch.cuda.OutOfMemoryError:
             return float("inf"), float("nan")
-        finally:
-            del model, optimizer, ema
 
     for ckpt in (False, True):
         name = "ckpt" if ckpt else "plain"
