@@ -153,6 +153,7 @@ def cache(
     allow_random_weights: bool = RandomOpt,
     strict: bool = typer.Option(False, help="Stop at the first bad input instead of recording it in failures.parquet."),
     limit: int = typer.Option(0, help="Cache at most this many windows per split (0: all)."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="WAN codec: diffusers' spatial tiling (256 px tiles every 192): about 4x lower encode/decode peak memory (`bench vae`); the latents differ at the seams, and meta.json records it (codec.tiling)."),
 ) -> None:
     """Decode, run the frozen VFM (+ PCA) and the codec once, and write sharded Zarr arrays with a manifest."""
     from pipeline.console import summary
@@ -161,6 +162,8 @@ def cache(
     extra = {"vfm.weights": vfm_weights, "codec.weights": vae_weights, "codec.name": codec, "pca.checkpoint": pca}
     if allow_pickle:
         extra["pca.allow_pickle"] = True
+    if vae_tiling:
+        extra["codec.tiling"] = True
     cfg = _config(config, set_, extra)
     data_root = root or (Path(cfg.paths.data) if cfg.paths.data else None)
     if data_root is None:
@@ -524,6 +527,8 @@ def bench_dit(
     device: str = DeviceOpt,
     dtype: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16."),
     checkpointing: bool = typer.Option(False, help="Activation checkpointing per block."),
+    compare_checkpointing: bool = typer.Option(True, "--compare-checkpointing/--no-compare-checkpointing", help="Also run ours with the other checkpointing setting: saved-activation ratio and step-time cost."),
+    compile: bool = typer.Option(False, "--compile", help="Also run ours with torch.compile per block (train.compile): compiled vs eager step time (CPU: needs a C++ compiler, minutes to compile)."),
 ) -> None:
     """Forward+backward time, peak memory and tokens/s: our DiT vs diffusers' CosmosTransformer3DModel at equal size.
 
@@ -534,7 +539,34 @@ def bench_dit(
 
     run(width=width, depth=depth, heads=heads, frames=frames, height=height, width_tokens=width_tokens, device=device, steps=steps,
         batch=batch_size, latent_channels=latent_channels, feature_channels=feature_channels, adaln_lora_dim=adaln_lora_dim, dtype=dtype,
-        checkpointing=checkpointing)
+        checkpointing=checkpointing, compare_checkpointing=compare_checkpointing, compile=compile)
+
+
+@bench_app.command("memory")
+@_friendly_errors
+def bench_memory(
+    config: str = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    model: Optional[list[str]] = typer.Option(None, "--model", help="Only this model (repeatable): 'stage 1', 'stage 2' or 'dpt' (default: all three)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write every figure (states, measured points, fits, batches per card) to this JSON file."),
+) -> None:
+    """Per-GPU memory plan at the config's sizes, without a GPU (use --config paper): exact parameter, gradient, Adam
+    and EMA bytes from a meta-device model; activations per sample measured on the CPU at reduced token grids and
+    extrapolated (fit and its error printed), with and without activation checkpointing; the largest per-GPU batch
+    on 24/40/80/141 GB cards for DDP and FSDP over 8 GPUs, and whether the paper's effective batch fits."""
+    from eval.bench.memory import run
+
+    run(_config(config, set_), models=tuple(model or ()), json_out=json_out)
+
+
+@bench_app.command("vae")
+@_friendly_errors
+def bench_vae() -> None:
+    """WAN2.1 VAE (random weights) encode/decode activation peak at 432x768x25, untiled and tiled (`cache --vae-tiling`):
+    measured on the CPU at reduced sizes and extrapolated (fit and its check error printed). Several minutes on 2 cores."""
+    from eval.bench.vae import run
+
+    run()
 
 
 @bench_app.command("loader")

@@ -149,6 +149,9 @@ class CodecConfig:
     weights: str = ""
     dtype: str = "float32"  # float32 | bfloat16 (GPU)
     overrides: dict[str, Any] = field(default_factory=dict)  # AutoencoderKLWan kwargs (tests: tiny random VAE)
+    # wan: diffusers' spatial tiling (256 px tiles every 192, blended): ~4x lower encode/decode peak memory
+    # (`bench vae`), but the latents differ from untiled ones at the seams; recorded in meta.json when on.
+    tiling: bool = False
 
     @property
     def channels(self) -> int:
@@ -201,6 +204,9 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     activation_checkpointing: bool = False
+    # torch.compile each transformer block (Stage 1 and Stage 2; identical blocks share one compiled graph). Off on
+    # the CPU presets: inductor's CPU code needs a C++ compiler and minutes of compiling for little gain there.
+    compile: bool = False
     # Checkpoint retention, applied after each save: the newest keep_last (0 = keep all), plus every step divisible
     # by keep_every (0 = none; milestones for a metric-vs-step curve); the best by validation is never deleted.
     keep_last: int = 0

@@ -232,6 +232,12 @@ class VideoDiT(nn.Module):
             if isinstance(module, AdaLNLoRA):
                 nn.init.zeros_(module.linear_2.weight)
 
+    def compile_blocks(self, **options) -> None:
+        """torch.compile every block in place (nn.Module.compile: parameter names and state dict unchanged). The
+        blocks share their code and structure, so dynamo compiles one graph and reuses it for all of them."""
+        for block in self.blocks:
+            block.compile(**options)
+
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each block in the backward pass (torch.utils.checkpoint, non-reentrant): memory for time."""
         self.activation_checkpointing = bool(enabled)

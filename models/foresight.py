@@ -131,6 +131,11 @@ class FeatureForesight(nn.Module):
 
     # ------------------------------------------------------------------------------------------ switches
 
+    def compile_blocks(self, **options) -> None:
+        """torch.compile every block in place (parameter names and state dict unchanged; one shared graph)."""
+        for block in self.blocks:
+            block.compile(**options)
+
     def use_fused_attention(self, fused: bool = True) -> None:
         """True: F.scaled_dot_product_attention. False: explicit softmax(QK^T)V, same result (for benchmarks)."""
         for module in self.modules():

@@ -94,6 +94,9 @@ class Stage2Model(nn.Module):
     def activation_checkpointing(self, enabled: bool) -> None:
         self.net.set_activation_checkpointing(enabled)
 
+    def compile_blocks(self, **options) -> None:
+        self.net.compile_blocks(**options)
+
     def forward(
         self,
         x0: torch.Tensor,

@@ -73,6 +73,12 @@ class WanCodec(Codec):
         self.register_buffer("latents_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("latents_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1, 1), persistent=False)
 
+    def meta(self) -> dict:
+        record = super().meta()
+        if getattr(self.vae, "use_tiling", False):  # only when on, so untiled caches keep their meta.json
+            record["tiling"] = {"tile": int(self.vae.tile_sample_min_height), "stride": int(self.vae.tile_sample_stride_height)}
+        return record
+
     def normalize(self, mu: torch.Tensor) -> torch.Tensor:
         """Raw VAE latents μ -> model-space latents (μ - mean_c) / std_c."""
         return (mu - self.latents_mean) / self.latents_std
@@ -245,4 +251,6 @@ def build_wan_codec(cfg: CodecConfig, allow_random_weights: bool = False) -> Wan
         weights = refuse_or_warn_random("WAN2.1 VAE codec", allow_random_weights, fix)
         with seeded(0):
             vae = AutoencoderKLWan(**_vae_kwargs(cfg))
+    if cfg.tiling:
+        vae.enable_tiling()  # diffusers' defaults: 256 x 256 pixel tiles every 192, blended
     return WanCodec(vae, weights, DTYPES[cfg.dtype])

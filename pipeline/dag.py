@@ -85,7 +85,8 @@ def cache_settings(cfg: Config, dataset: str, root: str) -> dict[str, Any]:
         "source": c["sources"].get(dataset, {}),
         "vfm": {k: c["vfm"][k] for k in ("name", "layers", "input_height", "input_width", "weights", "overrides")},
         "pca": {k: c["pca"][k] for k in ("components", "fit_split", "fit_max_windows", "checkpoint")},
-        "codec": {k: c["codec"][k] for k in ("name", "temporal_factor", "spatial_factor", "latent_channels", "weights", "overrides")},
+        "codec": {k: c["codec"][k] for k in ("name", "temporal_factor", "spatial_factor", "latent_channels", "weights", "overrides")}
+        | ({"tiling": True} if c["codec"].get("tiling") and c["codec"]["name"] == "wan" else {}),
         "cache": {k: c["cache"].get(k) for k in ("shard_size", "dtype", "compressor", "compression_level")}
         | ({"flipped_features": True} if c["cache"].get("flipped_features") else {}),
     }

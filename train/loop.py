@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
 from torch import nn
 
 from configs.schema import ConfigError, OptimConfig, TrainConfig
@@ -45,6 +46,7 @@ from pipeline.console import console, progress, summary, warn_loud
 from pipeline.fingerprint import differences
 from pipeline.lock import LockError, WriterLock
 from train import checkpoint as ckpt
+from train import fsdp
 from train.data import LoaderRequest
 from train.ema import EMA
 from train.optim import build_optimizer, build_schedule, scaled_lr
@@ -143,6 +145,15 @@ class TrainResult:
 def is_main_process() -> bool:
     """Rank 0 (or a single process), from the launcher's environment; usable before Accelerate starts."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot run here (None when it can): inductor's CPU kernels are C++ built at run time."""
+    import shutil
+
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) and none is on PATH"
+    return None
 
 
 def resolve_mixed_precision(value: str) -> str:
@@ -274,6 +285,7 @@ class _Run:
         self.global_batch = cfg_train.batch_size * self.world  # samples per micro-step, all processes
         self.effective_batch = self.global_batch * cfg_train.grad_accum  # samples per optimizer step
         self.main = accelerator.is_main_process
+        self.fsdp = accelerator.distributed_type == DistributedType.FSDP  # train/fsdp.py
         self.last_checkpoint = ""
         self.sampler_position: Callable[[int], dict[str, int]] | None = None
         self.stop = stop or _StopFlag()
@@ -289,11 +301,26 @@ class _Run:
                 model.activation_checkpointing = True
             else:
                 warn_loud(f"train.activation_checkpointing is on but {type(model).__name__} has no such switch; ignored")
+        if cfg.compile:
+            problem = compile_problem(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            if not hasattr(model, "compile_blocks"):
+                warn_loud(f"train.compile is on but {type(model).__name__} has no transformer blocks to compile; ignored")
+            elif problem:
+                warn_loud(f"train.compile is on but {problem}; training uncompiled")
+            else:
+                model.compile_blocks()
         optimizer = build_optimizer(model, self.cfg_optim, self.effective_batch)
+        # The optimizer's parameter names in its order: FSDP's optimizer state is keyed by them (train/fsdp.py).
+        self.param_names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.scheduler = build_schedule(optimizer, self.cfg_optim, cfg.steps)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.raw = self.accelerator.unwrap_model(self.model)
-        self.ema = EMA(self.raw, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        if cfg.ema_decay <= 0:
+            self.ema = None
+        elif self.fsdp:
+            self.ema = fsdp.ShardedEMA(self.model, cfg.ema_decay)  # shards beside the parameter shards
+        else:
+            self.ema = EMA(self.raw, cfg.ema_decay)
         self.model_config = _jsonable(self.task.model_config())
         # From here on each rank has its own random stream (dropout, noise), reproducible from (seed, rank).
         rank_seed = _rank_seed(cfg.seed, self.rank)
@@ -315,7 +342,6 @@ class _Run:
         if problems:
             raise ckpt.CheckpointError(f"cannot resume from {path}: it does not match this run:\n  - " + "\n  - ".join(problems))
         weights, _ = ckpt.read_weights(path, prefer_ema=False)
-        self.raw.load_state_dict(weights)
         state = ckpt.read_train_state(path)
         if self.ema is not None:
             ema_weights, which = ckpt.read_weights(path, prefer_ema=True)
@@ -323,8 +349,16 @@ class _Run:
                 raise ckpt.CheckpointError(f"{path} has no {ckpt.EMA_FILE} but train.ema_decay={self.cfg.ema_decay}; resume with ema_decay=0")
             # Checkpoints from before the EMA warm-up have no count: they continue as if fully warmed up.
             updates = (state.get("ema") or {}).get("updates", int(state["step"]))
-            self.ema.load_state_dict({k: v.to(self.accelerator.device) for k, v in ema_weights.items()}, updates)
-        self.optimizer.load_state_dict(state["optimizer"])
+            if self.fsdp:
+                self.ema.load_full_state_dict(ema_weights, updates)
+            else:
+                self.ema.load_state_dict({k: v.to(self.accelerator.device) for k, v in ema_weights.items()}, updates)
+        if self.fsdp:  # every rank loads the single-process checkpoint and keeps its shards
+            fsdp.load_full_state_dict(self.model, weights)
+            fsdp.load_full_optimizer_state(self.model, self.optimizer.optimizer, state["optimizer"], self.param_names)
+        else:
+            self.raw.load_state_dict(weights)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
@@ -448,7 +482,8 @@ class _Run:
         for micro in range(cfg.grad_accum):
             batch = _to_device(next(data), self.accelerator.device)
             sync = micro == cfg.grad_accum - 1
-            with (nullcontext() if sync else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
+            # FSDP's no_sync would keep full unsharded gradients: it reduce-scatters every micro-batch instead.
+            with (nullcontext() if sync or self.fsdp else self.accelerator.no_sync(self.model)), self.accelerator.autocast():
                 loss, logs = self.task.training_loss(self.model, batch, step, self.generator)
             value = loss.detach().float()
             # One all-reduce: the summed loss and whether any process saw a non-finite one (all stop together).
@@ -483,7 +518,7 @@ class _Run:
         was_training = self.raw.training
         self.raw.eval()
         try:
-            with _preserved_rng(self.generator), torch.no_grad(), self.accelerator.autocast():
+            with _preserved_rng(self.generator), torch.no_grad(), self.accelerator.autocast(), self._root_params():
                 metrics = self.task.validate(self.raw, batches)
         finally:
             self.raw.train(was_training)
@@ -493,10 +528,27 @@ class _Run:
         values = self.accelerator.reduce(torch.tensor([float(metrics[k]) for k in keys], device=self.accelerator.device), "sum") / self.world
         return {k: float(v) for k, v in zip(keys, values)}
 
+    def _root_params(self):
+        """Validation calls the unwrapped model's methods, not the FSDP root's forward: under FSDP, gather the root
+        unit's own parameters (embeddings, heads) for it; the wrapped blocks still gather theirs in their forward."""
+        if not self.fsdp:
+            return nullcontext()
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.summon_full_params(self.model, recurse=False, writeback=False)
+
     def _save(self, step: int, val: dict[str, float] | None = None) -> None:
         if not _all_finite(self.raw):
             self._stop_non_finite(step, "weights")
         rngs = _gather_objects(_rng_state(self.generator), self.world)
+        if self.fsdp:  # collectives on every rank; the full copies land on rank 0's CPU
+            model_state = fsdp.full_state_dict(self.model)
+            ema_state = self.ema.full_state_dict() if self.ema is not None else None
+            optimizer_state = fsdp.full_optimizer_state(self.model, self.optimizer.optimizer, self.param_names)
+        elif self.main:
+            model_state = self.raw.state_dict()
+            ema_state = self.ema.state_dict() if self.ema is not None else None
+            optimizer_state = self.optimizer.state_dict()
         if self.main:
             consumed = step * self.effective_batch
             position = self.sampler_position(consumed) if self.sampler_position else {"samples_consumed": consumed}
@@ -515,7 +567,7 @@ class _Run:
             }
             state = {
                 "step": step,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None,
                 "rng": rngs,
@@ -523,8 +575,7 @@ class _Run:
                 "ema": {"updates": self.ema.updates} if self.ema is not None else None,
             }
             path = ckpt.save_checkpoint(
-                self.out_dir, step, model_state=self.raw.state_dict(), config=config, train_state=state,
-                ema_state=self.ema.state_dict() if self.ema is not None else None,
+                self.out_dir, step, model_state=model_state, config=config, train_state=state, ema_state=ema_state,
             )
             self.last_checkpoint = str(path)
             selection = getattr(self.task, "selection", None)  # (metric, min|max, default choice, why)

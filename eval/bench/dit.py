@@ -18,7 +18,7 @@ import argparse
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from rich.table import Table
@@ -30,21 +30,40 @@ from pipeline.device import resolve_device, synchronize
 
 
 @contextmanager
-def saved_activation_bytes(exclude: set[int]) -> Iterator[list[int]]:
-    """Count the distinct storages autograd saves for backward (skipping the `exclude` data pointers)."""
+def saved_activation_bytes(exclude: set[int], kept_inputs: Iterable[torch.nn.Module] = ()) -> Iterator[list[int]]:
+    """Count the distinct storages autograd saves for backward (skipping the `exclude` data pointers).
+
+    `kept_inputs`: modules run under non-reentrant activation checkpointing. Their tensor inputs stay alive until
+    the backward pass recomputes them, but autograd's saved-tensor hooks never see them (torch.utils.checkpoint
+    installs its own hooks inside the checkpointed region), so they are counted here through forward pre-hooks.
+    Storages are counted once, however many ops or blocks save them.
+    """
     seen: set[int] = set()
     total = [0]
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def count(t: torch.Tensor) -> None:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in exclude and ptr not in seen:
             seen.add(ptr)
             total[0] += storage.nbytes()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        count(t)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield total
+    def count_inputs(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                count(arg)
+
+    handles = [m.register_forward_pre_hook(count_inputs) for m in kept_inputs]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield total
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -60,26 +79,30 @@ def quiet_diffusers() -> Iterator[None]:
 
 
 def measure(step: Callable[[], torch.Tensor], params: list[torch.nn.Parameter], device: torch.device,
-            steps: int) -> dict[str, float]:
-    """One warm-up step, then `steps` timed forward+backward steps; median time, memory figures."""
+            steps: int, kept_inputs: Iterable[torch.nn.Module] = ()) -> dict[str, float]:
+    """One warm-up step, then `steps` timed forward+backward steps; median time, memory figures (`kept_inputs`:
+    the checkpointed blocks, see `saved_activation_bytes`)."""
     exclude = {p.untyped_storage().data_ptr() for p in params}
     step().backward()
-    with saved_activation_bytes(exclude) as saved:
+    with saved_activation_bytes(exclude, kept_inputs) as saved:
         loss = step()
     loss.backward()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
         for p in params:
             p.grad = None
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step().backward()
         synchronize(device)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return {"step_s": statistics.median(times), "saved_mib": saved[0] / 2**20, "peak_mib": peak}
+    # cpu_step_s: this process's CPU seconds (all threads), steadier than wall time on a shared machine.
+    return {"step_s": statistics.median(times), "cpu_step_s": statistics.median(cpu_times),
+            "saved_mib": saved[0] / 2**20, "peak_mib": peak}
 
 
 def build_diffusers_cosmos(cfg: DiTConfig, frames: int, height: int, width: int, text_dim: int) -> torch.nn.Module:
@@ -98,8 +121,14 @@ def build_diffusers_cosmos(cfg: DiTConfig, frames: int, height: int, width: int,
 def run(width: int = 96, depth: int = 2, heads: int = 4, frames: int = 7, height: int = 8, width_tokens: int = 16,
         device: str = "cpu", steps: int = 3, batch: int = 1, latent_channels: int = 16, feature_channels: int = 64,
         adaln_lora_dim: int = 32, patch_size: int = 2, text_dim: int = 1024, dtype: str = "auto",
-        checkpointing: bool = False, seed: int = 0) -> dict[str, Any]:
+        checkpointing: bool = False, seed: int = 0, compare_checkpointing: bool = True,
+        compile: bool = False) -> dict[str, Any]:
     """Benchmark both networks on a [batch, latent_channels, frames, height*p, width_tokens*p] latent.
+
+    `compare_checkpointing` also runs ours with the other activation-checkpointing setting (same weights) and
+    reports `checkpointing_saved_ratio` (bytes saved for backward, on / off) and `checkpointing_time_ratio`.
+    `compile` also runs ours with every block torch.compile'd (train.compile; same weights, same checkpointing) and
+    reports `compile_speedup` (eager / compiled step time) and `compile_s` (the first, compiling, step).
 
     `height` and `width_tokens` are the TOKEN grid (paper: 27 x 48, frames 7, width 2048, depth 14, heads 16,
     latent_channels 16, feature_channels 1152, adaln_lora_dim 256). dtype "auto" = bfloat16 on CUDA, float32 on CPU.
@@ -145,15 +174,48 @@ def run(width: int = 96, depth: int = 2, heads: int = 4, frames: int = 7, height
         "shape": [batch, latent_channels, frames, lat_h, lat_w], "width": width, "depth": depth, "heads": heads,
         "checkpointing": checkpointing, "models": {},
     }
-    for name, model, step in (("ours (VideoDiT)", ours, step_ours), ("diffusers Cosmos", theirs, step_theirs)):
+
+    def record(name: str, model: torch.nn.Module, step: Callable[[], torch.Tensor]) -> None:
         params = list(model.parameters())
-        figures = measure(step, params, dev, steps)
+        kept = list(model.blocks) if getattr(model, "activation_checkpointing", False) else ()
+        figures = measure(step, params, dev, steps, kept_inputs=kept)
         figures["params_m"] = sum(p.numel() for p in params) / 1e6
         figures["tokens_per_s"] = tokens / figures["step_s"]
         results["models"][name] = figures
-        del model
+
+    record(OURS, ours, step_ours)
+    if compare_checkpointing:  # the same network and weights with the other setting
+        other = OURS_CKPT if not checkpointing else OURS_NO_CKPT
+        ours.set_activation_checkpointing(not checkpointing)
+        record(other, ours, step_ours)
+        ours.set_activation_checkpointing(checkpointing)
+        on, off = (results["models"][other], results["models"][OURS])[:: 1 if not checkpointing else -1]
+        results["checkpointing_saved_ratio"] = on["saved_mib"] / off["saved_mib"]
+        results["checkpointing_time_ratio"] = on["step_s"] / off["step_s"]
+        results["checkpointing_cpu_time_ratio"] = on["cpu_step_s"] / off["cpu_step_s"]
+    if compile:
+        from train.loop import compile_problem
+
+        problem = compile_problem(dev)
+        if problem:
+            raise RuntimeError(f"bench dit --compile: {problem}")
+        tic = time.perf_counter()
+        ours.compile_blocks()
+        step_ours().backward()  # compiles; `measure` then warms up once more and times
+        results["compile_s"] = time.perf_counter() - tic
+        record(OURS_COMPILED, ours, step_ours)
+        results["compile_speedup"] = results["models"][OURS]["step_s"] / results["models"][OURS_COMPILED]["step_s"]
+        results["compile_cpu_speedup"] = (results["models"][OURS]["cpu_step_s"]
+                                          / results["models"][OURS_COMPILED]["cpu_step_s"])
+    record(THEIRS, theirs, step_theirs)
+    del theirs
     _print(results, text_dim)
     return results
+
+
+OURS, OURS_CKPT, OURS_NO_CKPT, OURS_COMPILED, THEIRS = (
+    "ours (VideoDiT)", "ours + activation checkpointing", "ours without activation checkpointing",
+    "ours compiled (torch.compile per block)", "diffusers Cosmos")
 
 
 def _print(results: dict[str, Any], text_dim: int) -> None:
@@ -169,11 +231,21 @@ def _print(results: dict[str, Any], text_dim: int) -> None:
         f"width {results['width']}, depth {results['depth']}, heads {results['heads']}, latent "
         f"{results['shape']}, activation checkpointing {results['checkpointing']}. Ours: early-fused features, "
         f"no cross-attention. Diffusers: cross-attention over 1 zero text token of width {text_dim}, "
-        "no padding-mask channel, no learnable pos-emb."
+        "no padding-mask channel, no learnable pos-emb. Saved for backward under checkpointing counts the block "
+        "inputs kept for the recomputation."
     )
-    a, b = results["models"].values()
-    summary(f"bench dit: ours {1000 * a['step_s']:.1f} ms/step vs diffusers {1000 * b['step_s']:.1f} ms/step "
-            f"({b['step_s'] / a['step_s']:.2f}x), {results['tokens']} tokens on {results['device']}")
+    a, b = results["models"][OURS], results["models"][THEIRS]
+    line = (f"bench dit: ours {1000 * a['step_s']:.1f} ms/step vs diffusers {1000 * b['step_s']:.1f} ms/step "
+            f"({b['step_s'] / a['step_s']:.2f}x)")
+    if "checkpointing_saved_ratio" in results:
+        line += (f"; activation checkpointing keeps {100 * results['checkpointing_saved_ratio']:.1f}% of the saved "
+                 f"activations for {results['checkpointing_time_ratio']:.2f}x the step time "
+                 f"({results['checkpointing_cpu_time_ratio']:.2f}x in CPU seconds)")
+    if "compile_speedup" in results:
+        line += (f"; compiled {1000 * results['models'][OURS_COMPILED]['step_s']:.1f} ms/step "
+                 f"({results['compile_speedup']:.2f}x eager, {results['compile_cpu_speedup']:.2f}x in CPU seconds, "
+                 f"{results['compile_s']:.0f} s to compile)")
+    summary(line + f", {results['tokens']} tokens on {results['device']}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -182,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, default in defaults.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
             parser.add_argument(flag, type=type(default), default=default)
     return run(**vars(parser.parse_args(argv)))
