@@ -270,10 +270,9 @@ def test_training_loss_gradients_are_equal_with_and_without_checkpointing_and_it
     """The whole Stage 2 training loss (denoiser + DiT), switched the way the loop switches it (the module's
     `activation_checkpointing` attribute): float32 gradients equal within 1e-6, and the bytes saved for backward
     (block inputs kept for the recomputation included) drop, so the switch is not a no-op."""
-    from eval.bench.dit import saved_activation_bytes
-    from models.stage2 import Stage2Model, Stage2ModelSpec
-    from models.stage2 import TRAINING_DIFFUSION_FIELDS
     from configs.schema import DiffusionConfig
+    from eval.bench.dit import saved_activation_bytes
+    from models.stage2 import TRAINING_DIFFUSION_FIELDS, Stage2Model, Stage2ModelSpec
 
     torch.manual_seed(0)
     cfg = small_cfg(depth=3)

@@ -208,7 +208,6 @@ def run(width: int = 96, depth: int = 2, heads: int = 4, frames: int = 7, height
         results["compile_cpu_speedup"] = (results["models"][OURS]["cpu_step_s"]
                                           / results["models"][OURS_COMPILED]["cpu_step_s"])
     record(THEIRS, theirs, step_theirs)
-    del theirs
     _print(results, text_dim)
     return results
 

@@ -44,7 +44,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from configs.schema import Config, DiTConfig, Stage1ModelConfig
+from configs.schema import Config
 from eval.bench.dit import saved_activation_bytes
 from pipeline import atomic
 from pipeline.console import console, summary

@@ -133,7 +133,7 @@ def run(heights: tuple[int, int] = (48, 64), widths: tuple[int, int] = (64, 96),
 def _print(results: dict[str, Any]) -> None:
     h, w, f = results["target"]
     table = Table(title=f"bench vae: WAN2.1 VAE activation peak (random weights, fp32, CPU), at {h}x{w}x{f}")
-    for col in ("setting", "measured encode / decode MiB", f"predicted encode GiB", "predicted decode GiB", "fit check"):
+    for col in ("setting", "measured encode / decode MiB", "predicted encode GiB", "predicted decode GiB", "fit check"):
         table.add_column(col, justify="left" if col in ("setting", "measured encode / decode MiB") else "right")
     for name in ("untiled", "tiled"):
         r = results[name]
