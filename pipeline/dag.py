@@ -230,7 +230,11 @@ def build_cache(
     strict = cfg.cache.strict if strict is None else strict
     settings = cache_settings(cfg, dataset, root)
     listing_failures: list[dict[str, Any]] = []
-    windows = select_windows(cfg, dataset, root, list(splits), limit, listing_failures)
+    # Absolute local paths: Ray workers may run in another folder than this process (a cluster, or a Ray started
+    # earlier from elsewhere), and the manifest's frame paths must not depend on anyone's cwd.
+    listing_root = root if atomic.is_url(root) else os.path.abspath(root)
+    out = out if atomic.is_url(out) else os.path.abspath(out)  # the workers write shards and read the PCA here
+    windows = select_windows(cfg, dataset, listing_root, list(splits), limit, listing_failures)
     if not windows:
         raise CacheError(f"{root}: no {dataset} clip is long enough for a {cfg.window.frames}-frame window (splits {list(splits)})")
     shard_size = cfg.cache.shard_size
