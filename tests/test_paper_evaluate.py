@@ -6,7 +6,7 @@ native-resolution scoring against the 1024x2048 frame-19 labels (bicubic logits,
 Inception and I3D, and the codec rows through the WAN decoder.
 
 CPU-sized limits, and why each one leaves the evaluation's code paths as they are: one val window; two sampling
-steps; one sample; Stage 1 and Stage 2 at depth 1 (and Stage 2 at width 64) because a model's depth and width are
+steps; one sample; the WAN VAE in float32 (bf16 is a GPU setting); Stage 1 and Stage 2 at depth 1 (and Stage 2 at width 64) because a model's depth and width are
 not an evaluation path, only its cost (the paper's 800M Stage 2 costs about 15 TFLOP per sampling step at 9072
 tokens). The trainers run one step each, only to produce checkpoints the evaluation can load.
 
@@ -32,6 +32,7 @@ CPU_LIMITS = {
     "stage2.train.batch_size": 1, "stage2.train.val_every": 0, "stage2.train.mixed_precision": "no",
     "stage2.train.activation_checkpointing": False, "stage2.mixed_supervision_prob": 0.0,
     "heads.train.batch_size": 1, "heads.train.val_every": 0, "vfm.batch_size": 4,
+    "codec.dtype": "float32",  # bf16 convolutions are emulated on most CPUs (the WAN encode crawled): a GPU setting
 }
 
 
