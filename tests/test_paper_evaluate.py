@@ -22,7 +22,7 @@ from PIL import Image
 from configs.schema import load_config
 from tests.fixtures_datasets import CITYSCAPES_SAMPLE, REAL_FRANKFURT, cityscapes_long_recording, need, write_png
 
-pytestmark = [pytest.mark.paper, pytest.mark.slow,
+pytestmark = [pytest.mark.paper, pytest.mark.slow, pytest.mark.timeout(6 * 3600),  # the suite's 900 s would stop it
               pytest.mark.filterwarnings("ignore:Matrix is singular:scipy.linalg.LinAlgWarning")]
 
 NATIVE = (1024, 2048)
