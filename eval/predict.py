@@ -110,12 +110,14 @@ def predict(
     vfm_weights: str | None = None,
     codec_weights: str | None = None,
     bundle: str | Path | None = None,
+    vae_tiling: bool = False,
 ) -> dict[str, Any]:
     """Predict the future of the clip `input` with the two checkpoints (or an exported `bundle`); write the files
     listed in OUTPUT_FILES into `out` (plus prediction_<i>.mp4 for samples i >= 1). Returns what predict.json records.
 
     Sampling settings default to the Stage 2 training config's `stage2.diffusion`; the arguments override them.
     `vfm_weights` / `codec_weights` point at the weights files when they moved since the cache was made.
+    `vae_tiling` encodes and decodes the WAN VAE in spatial tiles (lower peak memory; predict.json records it).
     """
     if samples < 1:
         raise ValueError(f"samples={samples} must be >= 1")
@@ -123,6 +125,8 @@ def predict(
     out = Path(out)
     pipe = load_pipeline(stage1_ckpt, stage2_ckpt, bundle, cache, device=device, allow_random_weights=allow_random_weights,
                          vfm_weights=vfm_weights, codec_weights=codec_weights)
+    if vae_tiling:
+        pipe.enable_vae_tiling()
     overrides = {"guidance_weight": guidance_weight, "guidance_components": guidance_components,
                  "inference_components": inference_components, "sampler": sampler, "steps": steps}
     sampling = pipe.sampling(**overrides)  # refused here, before the clip is read, when an option does not apply

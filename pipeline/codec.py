@@ -82,6 +82,18 @@ class Codec(nn.Module, abc.ABC):
                 f"{self.name} codec: latents must be [B, {self.channels}, T, h, w], got shape {tuple(latents.shape)}"
             )
 
+    @property
+    def tiling(self) -> bool:
+        """Whether encode/decode run in spatial tiles (only the WAN VAE can: `WanCodec.enable_tiling`)."""
+        return False
+
+    def enable_tiling(self) -> None:
+        """Encode/decode in spatial tiles to bound activation memory; only a convolutional VAE has such activations."""
+        raise ValueError(
+            f"VAE tiling applies to the WAN codec only; this one is the {self.name} codec, whose encode/decode is one "
+            f"linear map per space-time block with nothing to tile. Drop --vae-tiling (vae_tiling=True)."
+        )
+
     def meta(self) -> dict:
         """What meta.json records about the codec."""
         return {

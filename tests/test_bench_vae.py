@@ -50,3 +50,14 @@ def test_codec_tiling_reaches_the_vae_and_meta_only_when_on():
     off = build_wan_codec(CodecConfig(overrides=TINY_WAN), allow_random_weights=True)
     assert on.vae.use_tiling and not off.vae.use_tiling
     assert on.meta()["tiling"] == {"tile": 256, "stride": 192} and "tiling" not in off.meta()
+
+
+def test_enable_tiling_after_building_equals_building_tiled():
+    """`predict --vae-tiling` turns tiling on for a codec the cache built untiled: same VAE state, same meta."""
+    late = build_wan_codec(CodecConfig(overrides=TINY_WAN), allow_random_weights=True)
+    assert not late.tiling
+    late.enable_tiling()
+    built = build_wan_codec(CodecConfig(tiling=True, overrides=TINY_WAN), allow_random_weights=True)
+    assert late.tiling and late.vae.use_tiling and late.meta() == built.meta()
+    video = torch.rand(1, 3, 5, 64, 96, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert torch.equal(late.encode(video), built.encode(video))

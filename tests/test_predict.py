@@ -152,3 +152,13 @@ def test_bench_sample_times_every_sampler_with_and_without_guidance():
     assert set(rows) == {("euler", False), ("euler", True), ("multistep", False), ("multistep", True)}
     assert all(r["seconds_per_clip"] > 0 and r["evaluations"] == 3 for r in rows.values())
     assert rows[("euler", True)]["batch_per_evaluation"] == 2 and rows[("euler", False)]["guidance_cost"] == 1.0
+
+
+def test_vae_tiling_is_recorded_off_and_refused_for_a_codec_without_tiles(trained, tmp_path):
+    record, _, _ = _run(trained, tmp_path)
+    assert record["codec"]["tiling"] is False  # predict.json says whether the frames went through tiles
+    out = tmp_path / "tiled"
+    with pytest.raises(ValueError, match="WAN codec only; this one is the linear codec"):
+        predict(trained["s1"], trained["s2"], _window_folder(trained, tmp_path / "clip", 3, 25), out, steps=STEPS,
+                allow_random_weights=True, vae_tiling=True)
+    assert not out.exists()  # refused before anything is written
