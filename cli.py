@@ -10,6 +10,7 @@ section.key=value overrides. Run `python cli.py COMMAND --help` for every option
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -193,8 +194,24 @@ LoaderWorkersOpt = typer.Option(None, "--loader-workers", help="DataLoader worke
 PrecisionOpt = typer.Option(None, help="auto | no | bf16 | fp16 (overrides the config; auto = bf16 on GPU, fp32 on CPU).")
 
 
-def _resume(value: Optional[str]) -> bool | str:
-    return False if value is None else (True if value == "latest" else value)
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """The options every train command shares, resolved once: the config, the cache and run folders (with their
+    defaults) and the loop settings every trainer takes as keywords."""
+
+    cfg: Any
+    cache: str
+    out: str
+    loop: dict[str, Any]
+
+    @classmethod
+    def resolve(cls, config: str, set_: Optional[list[str]], cache: Optional[str], out: Optional[str], run_name: str,
+                resume: Optional[str], steps: Optional[int], batch_size: Optional[int], num_workers: Optional[int],
+                mixed_precision: Optional[str]) -> "TrainOptions":
+        cfg = _config(config, set_)
+        loop = {"resume": False if resume is None else (True if resume == "latest" else resume), "steps": steps,
+                "batch_size": batch_size, "num_workers": num_workers, "mixed_precision": mixed_precision}
+        return cls(cfg, cache or default_cache(cfg), out or str(Path(cfg.paths.root) / run_name), loop)
 
 
 @app.command("train-stage1")
@@ -218,9 +235,8 @@ def train_stage1(
     """
     from train.stage1 import train_stage1 as run
 
-    cfg = _config(config, set_)
-    run(cfg, cache or default_cache(cfg), out or str(Path(cfg.paths.root) / "stage1"), resume=_resume(resume), steps=steps,
-        batch_size=batch_size, num_workers=num_workers, mixed_precision=mixed_precision, init=init, allow_pickle=allow_pickle)
+    o = TrainOptions.resolve(config, set_, cache, out, "stage1", resume, steps, batch_size, num_workers, mixed_precision)
+    run(o.cfg, o.cache, o.out, **o.loop, init=init, allow_pickle=allow_pickle)
 
 
 @app.command("make-predicted-pool")
@@ -270,9 +286,8 @@ def train_stage2(
     """
     from train.stage2 import train_stage2 as run
 
-    cfg = _config(config, set_)
-    run(cfg, cache or default_cache(cfg), out or str(Path(cfg.paths.root) / "stage2"), resume=_resume(resume), steps=steps,
-        batch_size=batch_size, num_workers=num_workers, mixed_precision=mixed_precision)
+    o = TrainOptions.resolve(config, set_, cache, out, "stage2", resume, steps, batch_size, num_workers, mixed_precision)
+    run(o.cfg, o.cache, o.out, **o.loop)
 
 
 @app.command("predict")
@@ -297,6 +312,7 @@ def predict(
         None, "--codec-weights", "--vae-weights", help="Codec weights, if they moved since the cache was built."
     ),
     allow_random_weights: bool = RandomOpt,
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="WAN codec: encode the context and decode the prediction in diffusers' spatial tiles (256 px every 192): about 4x lower codec peak memory (`bench vae`); the frames differ at the seams, and predict.json records it (codec.tiling)."),
 ) -> None:
     """The whole hierarchy on one clip: frames -> VFM -> PCA -> Stage 1 rollout -> Stage 2 sampling -> decode.
 
@@ -310,7 +326,8 @@ def predict(
         raise typer.BadParameter("pass --stage1 and --stage2 (and optionally --cache), or --bundle alone")
     run(stage1, stage2, input, out, samples=samples, cache=cache, device=device, seed=seed, guidance_weight=guidance_weight,
         guidance_components=guidance_components, inference_components=inference_components, sampler=sampler, steps=sampling_steps,
-        allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights, bundle=bundle)
+        allow_random_weights=allow_random_weights, vfm_weights=vfm_weights, codec_weights=vae_weights, bundle=bundle,
+        vae_tiling=vae_tiling)
 
 
 @app.command("export")
@@ -355,9 +372,8 @@ def train_heads(
     from train.heads import HEAD_TASKS
     from train.heads import train_heads as run
 
-    cfg = _config(config, set_)
-    run(cfg, cache or default_cache(cfg), out or str(Path(cfg.paths.root) / "heads"), resume=_resume(resume), steps=steps,
-        batch_size=batch_size, num_workers=num_workers, mixed_precision=mixed_precision, tasks=tuple(task or HEAD_TASKS))
+    o = TrainOptions.resolve(config, set_, cache, out, "heads", resume, steps, batch_size, num_workers, mixed_precision)
+    run(o.cfg, o.cache, o.out, **o.loop, tasks=tuple(task or HEAD_TASKS))
 
 
 @app.command("evaluate")
