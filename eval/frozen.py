@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -134,24 +134,8 @@ def build_frozen_vfm(meta: dict[str, Any], full_config: dict[str, Any], weights:
 
     known = {f.name for f in dataclasses.fields(VFMConfig)}
     cfg = VFMConfig(**{k: v for k, v in frozen_settings(meta, full_config, "vfm").items() if k in known})
-    recorded = meta["vfm"].get("weights")
-    if recorded == RANDOM:
-        if not allow_random_weights:
-            raise MissingWeightsError(
-                "the cache's features were made with a RANDOM VFM (meta.json vfm.weights = 'random'); predicting needs "
-                "that same seeded random VFM. Pass allow_random_weights=True (--allow-random-weights) to accept it "
-                "(outputs are then meaningless and predict.json records it), or rebuild the cache with real weights"
-            )
-        return build_vfm(dataclasses.replace(cfg, weights=""), allow_random_weights=True, device=device)
-    if weights:
-        cfg = dataclasses.replace(cfg, weights=weights)
-    vfm = build_vfm(cfg, allow_random_weights=False, device=device)
-    if vfm.weights != recorded:
-        raise MissingWeightsError(
-            f"the VFM weights found ({vfm.weights}) are not the ones the cache was made with ({recorded}); "
-            "pass the same weights file with vfm_weights=PATH (--vfm-weights)"
-        )
-    return vfm
+    return _rebuild_as_recorded(build_vfm, cfg, meta["vfm"].get("weights"), weights, allow_random_weights, device,
+                                "VFM", "features", "vfm_weights=PATH (--vfm-weights)")
 
 
 def build_frozen_codec(meta: dict[str, Any], full_config: dict[str, Any], weights: str | None, allow_random_weights: bool,
@@ -172,19 +156,29 @@ def build_frozen_codec(meta: dict[str, Any], full_config: dict[str, Any], weight
                 f"restore {cache_root}/{layout.CODEC_FILE} or rebuild the cache"
             )
         return codec
+    return _rebuild_as_recorded(build_codec, cfg, recorded, weights, allow_random_weights, device,
+                                "codec", "latents", "codec_weights=PATH (--codec-weights)")
+
+
+def _rebuild_as_recorded(build: Callable[..., Any], cfg: Any, recorded: str | None, weights: str | None,
+                         allow_random_weights: bool, device: torch.device, part: str, made: str, option: str) -> Any:
+    """A frozen part rebuilt with the weights meta.json records: the same seeded random ones (when allowed), or a
+    file (`weights`, else the config's) whose fingerprint must equal the record."""
     if recorded == RANDOM:
         if not allow_random_weights:
             raise MissingWeightsError(
-                "the cache's latents were made with a RANDOM codec (meta.json codec.weights = 'random'); pass "
-                "allow_random_weights=True (--allow-random-weights) to decode with that same seeded random codec"
+                f"the cache's {made} were made with a RANDOM {part} (meta.json {part.lower()}.weights = 'random'); "
+                f"predicting needs that same seeded random {part}. Pass allow_random_weights=True "
+                "(--allow-random-weights) to accept it (outputs are then meaningless and the provenance records it), "
+                "or rebuild the cache with real weights"
             )
-        return build_codec(dataclasses.replace(cfg, weights=""), allow_random_weights=True, device=device)
+        return build(dataclasses.replace(cfg, weights=""), allow_random_weights=True, device=device)
     if weights:
         cfg = dataclasses.replace(cfg, weights=weights)
-    codec = build_codec(cfg, allow_random_weights=False, device=device)
-    if codec.weights != recorded:
+    rebuilt = build(cfg, allow_random_weights=False, device=device)
+    if rebuilt.weights != recorded:
         raise MissingWeightsError(
-            f"the codec weights found ({codec.weights}) are not the ones the cache was made with ({recorded}); "
-            "pass the same weights with codec_weights=PATH (--codec-weights)"
+            f"the {part} weights found ({rebuilt.weights}) are not the ones the cache was made with ({recorded}); "
+            f"pass the same weights with {option}"
         )
-    return codec
+    return rebuilt
