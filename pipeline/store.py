@@ -171,6 +171,11 @@ class CacheReader:
         return status
 
     @property
+    def window(self) -> layout.WindowMeta:
+        """The window contract (frames, size, feature frames, latent frames), typed."""
+        return layout.WindowMeta.of(self.meta)
+
+    @property
     def complete(self) -> bool:
         return self.meta.get("status") == "complete"
 

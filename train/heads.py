@@ -115,7 +115,7 @@ def labelled_samples(reader: CacheReader, split: str, task: str) -> tuple[np.nda
     rows = reader.samples(split)
     label_index = reader.manifest["label_index"].to_numpy()
     rows = rows[label_index[rows] >= 0]
-    frames = np.array([feature_frame_of(int(label_index[r]), reader.meta["feature_frame_indices"], f"{reader.root} sample {r}") for r in rows], dtype=np.int64)
+    frames = np.array([feature_frame_of(int(label_index[r]), reader.window.feature_indices, f"{reader.root} sample {r}") for r in rows], dtype=np.int64)
     labels = reader.array(name)
     ignore = IGNORE_VALUES[task]
     keep = np.array([bool((np.asarray(labels[int(r)]) != ignore).any()) for r in rows], dtype=bool)

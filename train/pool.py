@@ -196,7 +196,7 @@ def make_predicted_pool(
     if config.get("random_weights"):
         warn_loud(f"Stage 1 checkpoint {path} was trained on features from RANDOM weights; the pool inherits that")
     meta = reader.meta
-    ctx, latent_frames = int(meta["context_latent_frames"]), int(meta["latent_frames"])
+    ctx, latent_frames = reader.window.context_latent_frames, reader.window.latent_frames
     future = latent_frames - ctx
     m = int(config["model"]["context_frames"])
     c, (h, w) = int(meta["pca"]["components"]), meta["vfm"]["grid"]

@@ -64,8 +64,9 @@ def stage1_fit_problems(config: dict[str, Any], meta: dict[str, Any], pca_finger
         problems.append(f"Stage 1 reads {model['in_channels']} PCA components, the cache has {n_components}")
     if [model["grid_h"], model["grid_w"]] != list(meta["vfm"]["grid"]):
         problems.append(f"Stage 1 token grid {[model['grid_h'], model['grid_w']]}, cache VFM grid {meta['vfm']['grid']}")
-    if model["context_frames"] > meta["context_latent_frames"]:
-        problems.append(f"Stage 1 needs {model['context_frames']} context feature frames, the window has {meta['context_latent_frames']}")
+    context = layout.WindowMeta.of(meta).context_latent_frames
+    if model["context_frames"] > context:
+        problems.append(f"Stage 1 needs {model['context_frames']} context feature frames, the window has {context}")
     return problems
 
 
@@ -162,7 +163,7 @@ def train_stage1(
     reader = open_stage1_cache(cfg, cache)
     meta = reader.meta
     model_cfg = stage1_model_config(cfg, meta)
-    latent_frames = int(meta["latent_frames"])
+    latent_frames = reader.window.latent_frames
     features = reader.array("features")
     expected = (latent_frames, model_cfg.in_channels, model_cfg.grid_h, model_cfg.grid_w)
     if tuple(features.shape[1:]) != expected:
@@ -196,7 +197,7 @@ def train_stage1(
         from train.stage1_init import initial_state_dict
 
         init_state = initial_state_dict(init, model_cfg, reader.pca(), allow_pickle=allow_pickle)
-    task = Stage1Task(model_cfg, cfg.stage1.smooth_l1_beta, int(meta["context_latent_frames"]), init_state, hflip=hflip)
+    task = Stage1Task(model_cfg, cfg.stage1.smooth_l1_beta, reader.window.context_latent_frames, init_state, hflip=hflip)
     extra = {
         "train_windows": int(len(train_samples)),
         "hflip": hflip,

@@ -74,7 +74,7 @@ def open_stage2_cache(cfg: Config, cache: str) -> CacheReader:
 
 def _check_arrays(reader: CacheReader, spec: Stage2ModelSpec) -> None:
     meta, cache = reader.meta, reader.root
-    latent_frames, patch = int(meta["latent_frames"]), spec.dit.patch_size
+    latent_frames, patch = reader.window.latent_frames, spec.dit.patch_size
     latents = tuple(reader.array(layout.LATENTS).shape[1:])
     if len(latents) != 4 or latents[0] != latent_frames or latents[1] != spec.dit.latent_channels:
         raise CacheError(
@@ -107,7 +107,7 @@ def require_pool(reader: CacheReader, train_samples: Any, prob: float) -> tuple[
     if not reader.has(layout.POOL_FEATURES) or "pool" not in meta:
         raise CacheError(f"{cache} has no {layout.POOL_FEATURES}, which mixed supervision reads: {fix}")
     pool_meta = meta["pool"]
-    ctx, latent_frames = int(meta["context_latent_frames"]), int(meta["latent_frames"])
+    ctx, latent_frames = reader.window.context_latent_frames, reader.window.latent_frames
     if pool_meta.get("context_frames") != ctx or pool_meta.get("future_frames") != latent_frames - ctx:
         raise CacheError(
             f"{cache}: the pool predicts {pool_meta.get('future_frames')} frames after {pool_meta.get('context_frames')} "
@@ -256,7 +256,7 @@ def train_stage2(
     train_loader, val_loader = loader_factories(train_set, val_set, cfg_train.num_workers)
 
     task = Stage2Task(
-        spec, int(meta["context_latent_frames"]), nested=s2.nested_dropout, levels=s2.nested_dropout_levels,
+        spec, reader.window.context_latent_frames, nested=s2.nested_dropout, levels=s2.nested_dropout_levels,
         mixed_prob=s2.mixed_supervision_prob, pool_fraction=pool_fraction,
     )
     pool_meta = meta.get("pool") or {}

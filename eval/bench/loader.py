@@ -68,9 +68,8 @@ def run(cache: str, batch_size: int = 8, workers: int = 2, batches: int = 20, co
     if batch_size > len(samples):
         console.print(f"only {len(samples)} {split or 'cached'} windows: batch size lowered from {batch_size} to {len(samples)}")
         batch_size = len(samples)
-    meta = reader.meta
-    latent_frames = int(meta["latent_frames"])
-    m = int(context_frames or meta["context_latent_frames"])
+    latent_frames = reader.window.latent_frames
+    m = int(context_frames or reader.window.context_latent_frames)
     features = reader.array(layout.FEATURES)
     per_frame = int(np.prod(features.shape[2:])) * features.dtype.itemsize
     results: dict[str, Any] = {"cache": cache, "batch_size": batch_size, "workers": workers, "batches": batches}
