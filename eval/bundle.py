@@ -99,8 +99,9 @@ def export_bundle(stage1: str | Path, stage2: str | Path, out: str | Path, cache
     pca.save(out / PCA_FILE)
     fingerprints["pca"] = pca.fingerprint
     bundled_meta = json.loads(json.dumps(meta))
-    if meta["codec"].get("name") == "linear":
-        src = atomic.join(cache_root, meta["codec"].get("file", layout.CODEC_FILE))
+    contract = layout.CacheMeta(meta)
+    if contract.codec_name == "linear":
+        src = atomic.join(cache_root, contract.codec_file)
         atomic.write_bytes(out / CODEC_FILE, Path(src).read_bytes())
         bundled_meta["codec"]["file"] = CODEC_FILE
         files["codec"] = CODEC_FILE
@@ -108,7 +109,7 @@ def export_bundle(stage1: str | Path, stage2: str | Path, out: str | Path, cache
         files["vfm"] = _copy_vfm(meta, vfm_weights, out)
     bundled_meta["exported_from_cache"] = str(cache_root)
     atomic.write_json(out / CACHE_META, bundled_meta)
-    fingerprints.update(codec=meta["codec"].get("weights"), vfm=meta["vfm"].get("weights"), cache=meta.get("fingerprint"))
+    fingerprints.update(codec=contract.codec_weights, vfm=contract.vfm_weights, cache=contract.fingerprint)
     index = {
         "_class_name": "Re2PixPipeline",
         "_library": "re2pix",
@@ -133,7 +134,7 @@ def _copy_vfm(meta: dict[str, Any], weights: str | None, out: Path) -> str:
     from pipeline.vfm import record_path
     from pipeline.weights import file_weights_tag
 
-    recorded = meta["vfm"].get("weights")
+    recorded = layout.CacheMeta(meta).vfm_weights
     if recorded == RANDOM:
         raise BundleError("include_vfm: the cache was made with a RANDOM VFM, there are no weights to include")
     src = Path(weights or ((meta.get("settings") or {}).get("vfm") or {}).get("weights") or "")
@@ -152,7 +153,7 @@ def _copy_vfm(meta: dict[str, Any], weights: str | None, out: Path) -> str:
 def needs(meta: dict[str, Any], included_vfm: bool = False) -> dict[str, Any]:
     """The weights a bundle does not carry: the VFM always (unless random), a WAN VAE (by fingerprint)."""
     settings = meta.get("settings") or {}
-    vfm = {"name": meta["vfm"]["name"], "weights": meta["vfm"].get("weights"),
+    vfm = {"name": layout.CacheMeta(meta).vfm_name, "weights": layout.CacheMeta(meta).vfm_weights,
            "recorded_path": (settings.get("vfm") or {}).get("weights", ""),
            "option": "vfm_weights= / --vfm-weights"}
     out: dict[str, Any] = {"vfm": None if vfm["weights"] == RANDOM or included_vfm else vfm}
@@ -203,7 +204,7 @@ def model_card(index: dict[str, Any], stages: dict[str, dict[str, Any]], meta: d
                   + ", ".join(f"{k} {v:.4g}" for k, v in sorted(e["metrics"].items()) if isinstance(v, (int, float)))
                   for e in evaluations] or ["- no evaluation of this checkpoint was found beside the run"]
     random_parts = [p for p, flag in (("Stage 1", s1.get("random_weights")), ("Stage 2", s2.get("random_weights")),
-                                      ("VFM", meta["vfm"].get("weights") == RANDOM)) if flag]
+                                      ("VFM", layout.CacheMeta(meta).vfm_weights == RANDOM)) if flag]
     return "\n".join([
         "---",
         "library_name: re2pix",

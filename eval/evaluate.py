@@ -77,7 +77,7 @@ from eval.windows import FILENAME as WINDOWS_FILE
 from eval.windows import write_windows
 from models.samplers import sampling_settings
 from models.stage2 import build_stage2_model
-from pipeline import atomic
+from pipeline import atomic, layout
 from pipeline.console import progress, summary, warn_loud
 from pipeline.device import resolve_device
 from pipeline.fingerprint import RANDOM
@@ -243,9 +243,9 @@ def assemble_results(p: EvalProtocol, reference: dict[str, RowMetrics], real: Re
 
 def provenance(p: EvalProtocol, jobs: list[Stage2Job]) -> dict[str, Any]:
     """Where every weight came from, and which parts were random (the report warns loudly about those)."""
-    meta, nets = p.meta, p.nets
+    meta, nets = layout.CacheMeta(p.meta), p.nets
     random_parts = [name for name, flag in (
-        ("VFM", meta["vfm"].get("weights") == RANDOM), ("codec", meta["codec"].get("weights") == RANDOM),
+        ("VFM", meta.vfm_weights == RANDOM), ("codec", meta.codec_weights == RANDOM),
         ("FID Inception", nets.fid is not None and getattr(nets.fid, "weights", RANDOM) == RANDOM),
         ("FVD I3D", nets.fvd is not None and getattr(nets.fvd, "weights", RANDOM) == RANDOM),
         ("segmentation head", p.heads["segmentation"][1].get("random_weights")),
@@ -254,9 +254,9 @@ def provenance(p: EvalProtocol, jobs: list[Stage2Job]) -> dict[str, Any]:
         *[(f"Stage 2 '{j.run}'", j.config.get("random_weights")) for j in jobs if j.main],
     ) if flag]
     return {
-        "vfm": {"name": meta["vfm"].get("name"), "weights": meta["vfm"].get("weights"),
-                **({"pretraining": meta["vfm"]["pretraining"]} if meta["vfm"].get("pretraining") else {})},
-        "codec": {"name": meta["codec"].get("name"), "weights": meta["codec"].get("weights")},
+        "vfm": {"name": meta.vfm_name, "weights": meta.vfm_weights,
+                **({"pretraining": meta.vfm_pretraining} if meta.vfm_pretraining else {})},
+        "codec": {"name": meta.codec_name, "weights": meta.codec_weights},
         "pca_fingerprint": p.pca.fingerprint,
         "fid_net": getattr(nets.fid, "weights", RANDOM) if nets.fid is not None else "not computed",
         "fvd_net": getattr(nets.fvd, "weights", RANDOM) if nets.fvd is not None else "not computed",

@@ -107,14 +107,15 @@ def check_checkpoints_fit_cache(meta: dict[str, Any], pca: PCA, s1: dict[str, An
     recorded = s2.get("pca_fingerprint")
     if recorded and recorded != pca.fingerprint:
         problems.append(f"PCA fingerprint: Stage 2 checkpoint {recorded!r}, {cache}/{layout.PCA_FILE} {pca.fingerprint!r}")
-    if meta["pca"].get("fingerprint") not in (None, pca.fingerprint):
-        problems.append(f"PCA fingerprint: meta.json {meta['pca']['fingerprint']!r}, {layout.PCA_FILE} {pca.fingerprint!r}")
+    contract = layout.CacheMeta(meta)
+    if contract.pca_fingerprint not in (None, pca.fingerprint):
+        problems.append(f"PCA fingerprint: meta.json {contract.pca_fingerprint!r}, {layout.PCA_FILE} {pca.fingerprint!r}")
     dit = s2["model"]["dit"]
     problems += stage1_fit_problems(s1, meta, pca.fingerprint)
     if dit["feature_channels"] != pca.n_components:
         problems.append(f"Stage 2 takes {dit['feature_channels']} feature channels, the PCA has {pca.n_components}")
-    if dit["latent_channels"] != meta["codec"]["channels"]:
-        problems.append(f"Stage 2 takes {dit['latent_channels']} latent channels, the cache's codec has {meta['codec']['channels']}")
+    if dit["latent_channels"] != contract.codec_channels:
+        problems.append(f"Stage 2 takes {dit['latent_channels']} latent channels, the cache's codec has {contract.codec_channels}")
     if problems:
         raise CacheError(f"the checkpoints do not fit cache {cache}:\n  - " + "\n  - ".join(problems))
 
@@ -134,7 +135,7 @@ def build_frozen_vfm(meta: dict[str, Any], full_config: dict[str, Any], weights:
 
     known = {f.name for f in dataclasses.fields(VFMConfig)}
     cfg = VFMConfig(**{k: v for k, v in frozen_settings(meta, full_config, "vfm").items() if k in known})
-    return _rebuild_as_recorded(build_vfm, cfg, meta["vfm"].get("weights"), weights, allow_random_weights, device,
+    return _rebuild_as_recorded(build_vfm, cfg, layout.CacheMeta(meta).vfm_weights, weights, allow_random_weights, device,
                                 "VFM", "features", "vfm_weights=PATH (--vfm-weights)")
 
 
@@ -146,9 +147,10 @@ def build_frozen_codec(meta: dict[str, Any], full_config: dict[str, Any], weight
 
     known = {f.name for f in dataclasses.fields(CodecConfig)}
     cfg = CodecConfig(**{k: v for k, v in frozen_settings(meta, full_config, "codec").items() if k in known})
-    recorded = meta["codec"].get("weights")
+    contract = layout.CacheMeta(meta)
+    recorded = contract.codec_weights
     if cfg.name == "linear":
-        path = weights or atomic.join(cache_root, meta["codec"].get("file", layout.CODEC_FILE))
+        path = weights or atomic.join(cache_root, contract.codec_file)
         codec = build_codec(dataclasses.replace(cfg, weights=path), device=device)
         if codec.weights != recorded:
             raise CacheError(

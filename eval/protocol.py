@@ -230,7 +230,7 @@ def open_protocol(
         cache=str(cache), reader=reader, pca=pca, pca_on_device=pca.to(device=device, dtype=torch.float32), device=device,
         nets=nets, vfm=vfm, codec=codec, heads=loaded_heads, stage1=stage1_model, stage1_path=stage1_path,
         stage1_config=stage1_config, rows=rows, batch_size=max(1, int(cfg.eval.batch_size)),
-        truth_from=truth_source(truth, meta["codec"].get("weights", "")), window_frames=k_frames,
+        truth_from=truth_source(truth, layout.CacheMeta(meta).codec_weights or ""), window_frames=k_frames,
         context_frames=m_frames, height=height, width=width, feature_indices=feature_indices,
         context_latent_frames=window.context_latent_frames, latent_frames=window.latent_frames,
         annotated=annotated, annotated_feature=annotated_feature, fvd_clips=fvd_clips,

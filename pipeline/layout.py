@@ -94,3 +94,100 @@ class WindowMeta:
         return cls(int(window["frames"]), int(window["context_frames"]), int(window["height"]), int(window["width"]),
                    tuple(int(i) for i in meta["feature_frame_indices"]), int(meta["latent_frames"]),
                    int(meta["context_latent_frames"]))
+
+
+class CacheError(RuntimeError):
+    """The cache is missing, incomplete, locked, or does not match what the caller expects."""
+
+
+class CacheMetaError(CacheError):
+    """meta.json lacks a field the contract needs: the cache predates it or was edited by hand."""
+
+
+class CacheMeta:
+    """meta.json read through the contract: one typed property per field a reader needs, so no module rebuilds the
+    record's key paths by hand. It is a view: writers still build the dict (the record on disk), and a field is only
+    read when asked for, so a partial record (a bundle's, a test's) serves the fields it has."""
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+
+    @classmethod
+    def of(cls, meta: dict[str, Any] | CacheMeta) -> CacheMeta:
+        return meta if isinstance(meta, CacheMeta) else cls(meta)
+
+    def _required(self, section: str, key: str) -> Any:
+        try:
+            return self.record[section][key]
+        except (KeyError, TypeError):
+            raise CacheMetaError(
+                f"{META} has no {section}.{key}: the cache predates this field or was edited; rebuild it with "
+                f"`python cli.py cache`"
+            ) from None
+
+    def _optional(self, section: str, key: str) -> Any:
+        return (self.record.get(section) or {}).get(key)
+
+    @property
+    def window(self) -> WindowMeta:
+        return WindowMeta.of(self.record)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.record.get("fingerprint")
+
+    # ---- the frozen VFM
+    @property
+    def vfm_name(self) -> str:
+        return str(self._required("vfm", "name"))
+
+    @property
+    def vfm_weights(self) -> str | None:
+        """"random", "file:<sha16>" or None (unrecorded)."""
+        return self._optional("vfm", "weights")
+
+    @property
+    def vfm_grid(self) -> tuple[int, int]:
+        """Token grid (h, w) of every feature map."""
+        h, w = self._required("vfm", "grid")
+        return int(h), int(w)
+
+    @property
+    def vfm_layers(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in self._required("vfm", "layers"))
+
+    @property
+    def vfm_channels(self) -> int:
+        """Channels of the concatenated layers: what the PCA reduces and reconstructs."""
+        return int(self._required("vfm", "out_channels"))
+
+    @property
+    def vfm_pretraining(self) -> dict[str, Any] | None:
+        return self._optional("vfm", "pretraining")
+
+    # ---- the PCA
+    @property
+    def pca_components(self) -> int:
+        return int(self._required("pca", "components"))
+
+    @property
+    def pca_fingerprint(self) -> str | None:
+        return self._optional("pca", "fingerprint")
+
+    # ---- the codec
+    @property
+    def codec_name(self) -> str | None:
+        return self._optional("codec", "name")
+
+    @property
+    def codec_channels(self) -> int:
+        return int(self._required("codec", "channels"))
+
+    @property
+    def codec_weights(self) -> str | None:
+        return self._optional("codec", "weights")
+
+    @property
+    def codec_file(self) -> str:
+        """The linear codec's file in the cache (or bundle), relative to its root."""
+        return str(self._optional("codec", "file") or CODEC_FILE)

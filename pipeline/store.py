@@ -20,10 +20,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from pipeline import atomic, layout, lock
-
-
-class CacheError(RuntimeError):
-    """The cache is missing, incomplete, locked, or does not match what the caller expects."""
+from pipeline.layout import CacheError  # its home is the contract; every reader imports it from here too
 
 
 def _fs_path(url: str) -> tuple[Any, str]:
@@ -174,6 +171,11 @@ class CacheReader:
     def window(self) -> layout.WindowMeta:
         """The window contract (frames, size, feature frames, latent frames), typed."""
         return layout.WindowMeta.of(self.meta)
+
+    @property
+    def contract(self) -> layout.CacheMeta:
+        """meta.json read through the typed contract (pipeline/layout.py CacheMeta)."""
+        return layout.CacheMeta(self.meta)
 
     @property
     def complete(self) -> bool:

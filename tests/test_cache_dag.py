@@ -63,6 +63,20 @@ def test_end_to_end_synthetic(tiny, full_cache, sample_data):
     assert m["frame_indices"][0].to_list() == list(range(3, 28))
     assert set(m["label_index"].to_list()) == {16}
     assert set(m["status"].to_list()) == {"ok"}
+    # the typed contract reads the same record: every field a reader uses, with its type
+    c = reader.contract
+    assert c.window == reader.window and c.window.latent_frames == 7 and c.window.feature_indices == (0, 4, 8, 12, 16, 20, 24)
+    assert c.vfm_grid == tuple(tiny.token_grid) and c.vfm_layers == tuple(tiny.vfm.layers)
+    assert c.vfm_channels == reader.pca().dim and c.pca_components == tiny.pca.components
+    assert (c.vfm_weights, c.pca_fingerprint, c.fingerprint) == ("random", reader.pca().fingerprint, meta["fingerprint"])
+    assert (c.codec_name, c.codec_channels, c.codec_file) == ("linear", tiny.codec.channels, layout.CODEC_FILE)
+
+
+def test_the_typed_contract_names_a_missing_field_and_the_fix():
+    c = layout.CacheMeta({"pca": {"components": 8}, "codec": {"channels": 16}})
+    assert (c.pca_components, c.codec_channels, c.vfm_weights, c.codec_file) == (8, 16, None, layout.CODEC_FILE)
+    with pytest.raises(CacheError, match=r"meta.json has no vfm.grid: .*rebuild it with `python cli.py cache`"):
+        c.vfm_grid
 
 
 def test_linear_codec_fitted_across_workers_and_decodes_the_frames(tiny, full_cache, sample_data):

@@ -71,8 +71,7 @@ def head_model_config(cfg: Config, meta: dict[str, Any], task: str) -> dict[str,
     """Everything that rebuilds one head, with the VFM sizes taken from the cache's meta.json."""
     if task not in HEAD_TASKS:
         raise ConfigError(f"head task {task!r}: choose one of {HEAD_TASKS}")
-    layers = len(meta["vfm"]["layers"])
-    channels = int(meta["vfm"]["out_channels"])
+    layers, channels = len(layout.CacheMeta(meta).vfm_layers), layout.CacheMeta(meta).vfm_channels
     if channels % layers:
         raise CacheError(f"meta.json: vfm.out_channels={channels} does not split into {layers} layers; the cache is inconsistent")
     return {
@@ -251,8 +250,8 @@ def train_heads(
         if len(train_rows) == 0:
             raise CacheError(f"{cache} has no 'train' window with a usable {task} label (manifest label_index >= 0 and not all ignore)")
     pca = reader.pca()
-    if pca.dim != int(meta["vfm"]["out_channels"]):
-        raise CacheError(f"{cache}: pca.safetensors reconstructs {pca.dim} channels, meta.json vfm.out_channels is {meta['vfm']['out_channels']}")
+    if pca.dim != reader.contract.vfm_channels:
+        raise CacheError(f"{cache}: pca.safetensors reconstructs {pca.dim} channels, meta.json vfm.out_channels is {reader.contract.vfm_channels}")
     optims = head_schedules(cfg)
     workers = cfg_train.num_workers
     results: dict[str, TrainResult] = {}
@@ -271,8 +270,8 @@ def train_heads(
         extra = {
             "random_weights": bool(meta.get("random_weights", False)),
             "vfm": meta["vfm"],
-            "vfm_weights": meta["vfm"].get("weights"),
-            "pca_fingerprint": meta["pca"].get("fingerprint"),
+            "vfm_weights": reader.contract.vfm_weights,
+            "pca_fingerprint": reader.contract.pca_fingerprint,
             "label_frames": sorted({int(f) for f in train_frames}),
             "schedule": optims[task].schedule,
             "cache": str(cache),

@@ -199,7 +199,7 @@ def make_predicted_pool(
     ctx, latent_frames = reader.window.context_latent_frames, reader.window.latent_frames
     future = latent_frames - ctx
     m = int(config["model"]["context_frames"])
-    c, (h, w) = int(meta["pca"]["components"]), meta["vfm"]["grid"]
+    c, (h, w) = reader.contract.pca_components, reader.contract.vfm_grid
     n, shard_size = len(reader.manifest), reader.shard_size
     num_shards = (n + shard_size - 1) // shard_size
     ids = reader.manifest["sample_id"].to_list()

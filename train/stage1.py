@@ -38,8 +38,9 @@ from train.loop import TrainResult, is_main_process, run_training
 
 def stage1_model_config(cfg: Config, meta: dict[str, Any]) -> Stage1ModelConfig:
     """The config's Stage 1 model with in_channels (PCA components) and token grid taken from the cache."""
-    grid = meta["vfm"]["grid"]
-    return dataclasses.replace(cfg.stage1.model, in_channels=int(meta["pca"]["components"]), grid_h=int(grid[0]), grid_w=int(grid[1]))
+    contract = layout.CacheMeta(meta)
+    (grid_h, grid_w) = contract.vfm_grid
+    return dataclasses.replace(cfg.stage1.model, in_channels=contract.pca_components, grid_h=grid_h, grid_w=grid_w)
 
 
 def build_stage1_model(model_config: dict[str, Any]) -> FeatureForesight:
@@ -54,17 +55,17 @@ def build_stage1_model(model_config: dict[str, Any]) -> FeatureForesight:
 def stage1_fit_problems(config: dict[str, Any], meta: dict[str, Any], pca_fingerprint: str | None = None) -> list[str]:
     """Why a Stage 1 checkpoint (its config.json) cannot read a cache's feature space (meta.json, and the fingerprint
     of the PCA file when the caller loaded it); [] if it can. The one check the pool, predict and evaluate share."""
-    model, problems = config["model"], []
-    cache_fingerprint = pca_fingerprint or meta["pca"].get("fingerprint")
+    model, problems, contract = config["model"], [], layout.CacheMeta(meta)
+    cache_fingerprint = pca_fingerprint or contract.pca_fingerprint
     recorded = config.get("pca_fingerprint")
     if recorded and cache_fingerprint and recorded != cache_fingerprint:
         problems.append(f"PCA fingerprint: Stage 1 checkpoint {recorded!r}, cache {cache_fingerprint!r}")
-    n_components = int(meta["pca"]["components"])
+    n_components = contract.pca_components
     if model["in_channels"] != n_components:
         problems.append(f"Stage 1 reads {model['in_channels']} PCA components, the cache has {n_components}")
-    if [model["grid_h"], model["grid_w"]] != list(meta["vfm"]["grid"]):
-        problems.append(f"Stage 1 token grid {[model['grid_h'], model['grid_w']]}, cache VFM grid {meta['vfm']['grid']}")
-    context = layout.WindowMeta.of(meta).context_latent_frames
+    if (model["grid_h"], model["grid_w"]) != contract.vfm_grid:
+        problems.append(f"Stage 1 token grid {[model['grid_h'], model['grid_w']]}, cache VFM grid {list(contract.vfm_grid)}")
+    context = contract.window.context_latent_frames
     if model["context_frames"] > context:
         problems.append(f"Stage 1 needs {model['context_frames']} context feature frames, the window has {context}")
     return problems
@@ -202,8 +203,8 @@ def train_stage1(
         "train_windows": int(len(train_samples)),
         "hflip": hflip,
         "random_weights": bool(meta.get("random_weights", False)),
-        "vfm_weights": meta["vfm"].get("weights"),
-        "pca_fingerprint": meta["pca"].get("fingerprint"),
+        "vfm_weights": reader.contract.vfm_weights,
+        "pca_fingerprint": reader.contract.pca_fingerprint,
         "cache": str(cache),
         "cache_absolute": atomic.absolute(cache),
         "stage": "stage1",

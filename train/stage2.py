@@ -73,7 +73,7 @@ def open_stage2_cache(cfg: Config, cache: str) -> CacheReader:
 
 
 def _check_arrays(reader: CacheReader, spec: Stage2ModelSpec) -> None:
-    meta, cache = reader.meta, reader.root
+    cache = reader.root
     latent_frames, patch = reader.window.latent_frames, spec.dit.patch_size
     latents = tuple(reader.array(layout.LATENTS).shape[1:])
     if len(latents) != 4 or latents[0] != latent_frames or latents[1] != spec.dit.latent_channels:
@@ -86,9 +86,9 @@ def _check_arrays(reader: CacheReader, spec: Stage2ModelSpec) -> None:
             f"{cache}: latent grid {latents[2]}x{latents[3]} is not divisible by stage2.model.patch_size={patch}; "
             "choose a window size divisible by codec.spatial_factor x patch_size and rebuild the cache"
         )
-    grid = meta["vfm"]["grid"]
+    grid = reader.contract.vfm_grid
     features = tuple(reader.array(layout.FEATURES).shape[1:])
-    if features != (latent_frames, spec.align_target_dim, int(grid[0]), int(grid[1])):
+    if features != (latent_frames, spec.align_target_dim, *grid):
         raise CacheError(
             f"{cache}/{layout.FEATURES} has per-sample shape {features}, meta.json says "
             f"{(latent_frames, spec.align_target_dim, *grid)}; the cache is inconsistent, rebuild it"
@@ -262,9 +262,9 @@ def train_stage2(
     pool_meta = meta.get("pool") or {}
     extra = {
         "random_weights": bool(meta.get("random_weights", False)),
-        "vfm_weights": meta["vfm"].get("weights"),
-        "codec_weights": meta["codec"].get("weights"),
-        "pca_fingerprint": meta["pca"].get("fingerprint"),
+        "vfm_weights": reader.contract.vfm_weights,
+        "codec_weights": reader.contract.codec_weights,
+        "pca_fingerprint": reader.contract.pca_fingerprint,
         "cache": str(cache),
         "cache_absolute": atomic.absolute(cache),
         "stage": "stage2",
