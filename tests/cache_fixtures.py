@@ -33,3 +33,29 @@ def tiny_stage1_overrides(**extra: Any) -> dict[str, Any]:
     }
     base.update(extra)
     return base
+
+
+def train_hierarchy(cfg: Any, root: Path) -> dict[str, str]:
+    """root/data (a synthetic set already written there) -> root/cache through the real Ray DAG -> Stage 1 and
+    Stage 2 checkpoints root/s1 and root/s2, trained from root itself with relative paths, as `python cli.py` run from
+    a project folder records them."""
+    import os
+
+    import ray
+
+    from pipeline.dag import build_cache
+    from train.stage1 import train_stage1
+    from train.stage2 import train_stage2
+
+    try:
+        build_cache(cfg, "synthetic", root / "data", root / "cache", workers=1, allow_random_weights=True)
+    finally:
+        ray.shutdown()
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        train_stage1(cfg, "cache", "s1")
+        train_stage2(cfg, "cache", "s2")
+    finally:
+        os.chdir(cwd)
+    return {"cache": str(root / "cache"), "s1": str(root / "s1"), "s2": str(root / "s2")}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 from configs.schema import load_config
 from pipeline.dag import build_cache
 from pipeline.synthetic import write_sample_dataset
+from tests.cache_fixtures import train_hierarchy
 
 
 def pytest_configure(config) -> None:
@@ -48,11 +48,6 @@ def full_cache(tiny, sample_data, tmp_path_factory):
 def trained(tmp_path_factory):
     """A tiny synthetic set -> the real cache DAG (random VFM, linear codec) -> a few steps of Stage 1 and Stage 2,
     trained from the run's own folder with relative paths (as `python cli.py` run from a project folder records them)."""
-    import ray
-
-    from train.stage1 import train_stage1
-    from train.stage2 import train_stage2
-
     root = tmp_path_factory.mktemp("predict")
     write_sample_dataset(root / "data", train=2, val=1, height=64, width=128, progress=False)
     cfg = load_config("tiny", {
@@ -60,15 +55,4 @@ def trained(tmp_path_factory):
         "stage2.train.steps": 2, "stage2.train.batch_size": 2, "stage2.train.val_every": 0,
         "stage2.mixed_supervision_prob": 0.0,
     })
-    try:
-        build_cache(cfg, "synthetic", root / "data", root / "cache", workers=1, allow_random_weights=True)
-    finally:
-        ray.shutdown()
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        train_stage1(cfg, "cache", "s1")
-        train_stage2(cfg, "cache", "s2")
-    finally:
-        os.chdir(cwd)
-    return {"root": root, "cfg": cfg, "cache": str(root / "cache"), "s1": str(root / "s1"), "s2": str(root / "s2")}
+    return {"root": root, "cfg": cfg, **train_hierarchy(cfg, root)}
