@@ -444,7 +444,7 @@ def reproduce(
     steps: Optional[int] = typer.Option(None, help="Stage 2 steps of EVERY variant (default: the preset's for tiny: 200 (default, about an hour on 2 cores) or 1000 (long); the config's for other configs)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: <paths.root>/reproduce, or <paths.root>/reproduce-long for --preset long). Re-running resumes: finished runs and evaluations are reused."),
     variants: Optional[list[str]] = typer.Option(None, "--variant", help="Only these Stage 2 variants (repeatable; default: the preset's: all eight of Tables 1, 3, 4, or for long Re2Pix, Baseline and the Table 3 / 4 ablations)."),
-    preset: str = typer.Option("default", help="Study size: default (200 steps, every variant, about an hour on 2 cores) | long (1000 Stage 2 steps per variant, 3 seeds, Tables 3 / 4 / 5 / appendix 6.2 first; cuts Baseline-Large, REPA, VideoREPA; estimated 89 min on 2 cores). See eval/presets.py."),
+    preset: str = typer.Option("default", help="Study size: default (200 steps, every variant, about an hour on 2 cores) | long (1000 Stage 2 steps per variant, 3 seeds, Tables 3 / 4 / 5 / appendix 6.2 first; cuts Baseline-Large, REPA, VideoREPA; 80 min measured on 2 cores). See eval/presets.py."),
     sweeps: bool = typer.Option(True, "--sweeps/--no-sweeps", help="Run Table 5 (components) and appendix 6.2 (guidance) sweeps."),
     limit: int = typer.Option(0, help="Evaluate at most this many val windows (0: all; the synthetic set has 64)."),
     workers: int = typer.Option(0, help="Ray workers for the cache step (0: automatic)."),
