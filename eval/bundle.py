@@ -160,7 +160,7 @@ def needs(meta: dict[str, Any], included_vfm: bool = False) -> dict[str, Any]:
     codec = meta["codec"]
     out["codec"] = None if codec.get("name") in ("linear", "pixel") or codec.get("weights") == RANDOM else {
         "name": codec.get("name"), "weights": codec.get("weights"),
-        "recorded_path": (settings.get("codec") or {}).get("weights", ""), "option": "codec_weights= / --vae-weights"}
+        "recorded_path": (settings.get("codec") or {}).get("weights", ""), "option": "codec_weights= / --codec-weights"}
     return out
 
 

@@ -64,7 +64,7 @@ def test_the_bundle_names_the_vae_by_fingerprint_and_carries_no_codec_file(wan_r
     assert meta["codec"]["name"] == "wan" and meta["codec"]["weights"].startswith("file:")
     assert index["files"]["codec"] is None and not (bundle / "codec.safetensors").exists()
     assert index["needs"]["codec"]["weights"] == meta["codec"]["weights"] == index["fingerprints"]["codec"]
-    assert "--vae-weights" in index["needs"]["codec"]["option"]
+    assert "--codec-weights" in index["needs"]["codec"]["option"]  # the name every command uses
     assert meta["codec"]["weights"] in (bundle / "README.md").read_text()
 
 
